@@ -1,0 +1,17 @@
+"""tunebook: parameter-efficient fine-tuning (LoRA, QLoRA, 8-bit) you can read, run and measure.
+
+One module per pipeline stage:
+
+- `tunebook.environment`  hardware facts and device/precision decisions (with reasons)
+- `tunebook.models`       load a model + tokenizer by local path, embedded name or Hub id
+- `tunebook.quantization` 4-bit NF4 / 8-bit loading through bitsandbytes
+- `tunebook.lora`         LoRA config creation and application
+- `tunebook.data`         load, validate and split datasets
+- `tunebook.formatting`   prompt templates, tokenization and completion-only labels
+- `tunebook.train`        Trainer-based training runs
+- `tunebook.evaluation`   task metrics before and after training
+- `tunebook.memory`       memory estimates before you rent a GPU
+- `tunebook.cli`          `python -m tunebook ...`
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,124 @@
+"""What machine is this, and which device and number format should training use (and why)?
+
+Every hardware decision in tunebook goes through here and comes back with its reason, so that a
+run log says e.g. ``bf16: CPU supports avx512_bf16`` instead of silently picking a dtype.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from dataclasses import dataclass
+
+import torch
+
+# CPU flags that give bf16 matmuls a fast path (oneDNN uses them through torch autocast).
+_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A choice tunebook made for you, with the reason it printed."""
+
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.value}: {self.reason}"
+
+
+def cpu_flags() -> set[str]:
+    """Feature flags of this CPU (empty where /proc/cpuinfo does not exist, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def choose_device() -> Decision:
+    """CUDA when a GPU is visible, else CPU (Apple MPS is left to the user: bitsandbytes lacks it)."""
+    if torch.cuda.is_available():
+        return Decision("cuda", f"CUDA GPU found: {torch.cuda.get_device_name(0)}")
+    return Decision("cpu", "no CUDA GPU visible (torch.cuda.is_available() is False)")
+
+
+def choose_precision(requested: str = "auto", device: str | None = None) -> Decision:
+    """Pick the compute precision for training: "bf16", "fp16" or "fp32", with the reason.
+
+    bf16 keeps fp32's range (no loss scaling) at half the bytes, so it is the first choice wherever
+    the hardware runs it fast. fp16 needs loss scaling and is only picked on CUDA GPUs without bf16
+    (e.g. T4, V100). On CPUs without bf16 instructions, bf16 is emulated and slower than fp32.
+    """
+    device = device or choose_device().value
+    if requested != "auto":
+        if requested == "fp16" and device != "cuda":
+            raise ValueError(
+                "precision='fp16' needs a CUDA GPU (fp16 training on CPU is unsupported by the "
+                "Trainer). Use precision: auto, bf16 or fp32."
+            )
+        return Decision(requested, "asked for in the config (train.precision)")
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Decision("bf16", f"{torch.cuda.get_device_name(0)} supports bf16")
+        return Decision("fp16", f"{torch.cuda.get_device_name(0)} lacks bf16; fp16 with loss scaling")
+    found = sorted(_BF16_CPU_FLAGS & cpu_flags())
+    if found:
+        return Decision("bf16", f"CPU supports {'/'.join(found)} (bf16 autocast matmuls are fast)")
+    return Decision("fp32", "CPU has no amx_bf16/avx512_bf16, so bf16 would be emulated and slower")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_report() -> dict[str, object]:
+    """Versions, device and precision facts that explain a run's numbers; saved with each run."""
+    report: dict[str, object] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **{pkg: _version(pkg) for pkg in
+           ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes", "evaluate")},
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        report.update(
+            gpu_name=props.name,
+            gpu_count=torch.cuda.device_count(),
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda_version=torch.version.cuda,
+        )
+    else:
+        report.update(
+            cpu=cpu_name(),
+            cpu_cores=os.cpu_count(),
+            torch_threads=torch.get_num_threads(),
+            cpu_bf16_flags=sorted(_BF16_CPU_FLAGS & cpu_flags()),
+        )
+    report["device"] = str(choose_device())
+    report["precision"] = str(choose_precision())
+    return report
+
+
+def format_report(report: dict[str, object]) -> str:
+    width = max(len(k) for k in report)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in report.items())

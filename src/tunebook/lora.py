@@ -1,0 +1,149 @@
+"""LoRA: train a low-rank update beside each frozen weight matrix.
+
+For a frozen linear layer with weight W0 (d_out x d_in), LoRA computes
+
+    h = W0·x + (alpha/r)·B·A·x,     A: r x d_in (random init),  B: d_out x r (B = 0 at init)
+
+so at step 0 the model is exactly the base model, and training updates only A and B:
+r·(d_in + d_out) parameters instead of d_in·d_out. The knobs:
+
+- ``r`` (rank): capacity of the update. 8-16 suits narrow tasks; larger r rarely helps small data.
+- ``alpha``: scales the update by alpha/r; alpha = 2r is a common default that keeps the effective
+  learning rate roughly stable when you change r.
+- ``dropout``: on the LoRA input only; a little (0.05) regularises small datasets.
+- ``target_modules``: which linear layers get adapters. Adapting all attention *and* MLP
+  projections (QLoRA paper) beats attention-only at the same parameter budget.
+
+With a 4/8-bit base (QLoRA), W0 stays quantized and frozen; A and B are ordinary fp32 tensors, and
+gradients flow through the dequantized W0.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from transformers import PreTrainedModel
+
+from .config import LoraConfigSettings
+from .quantization import is_quantized
+
+# Projection names per architecture (model.config.model_type). Heads (lm_head, classifier, score)
+# are never adapted: a classification head is new and is trained fully (PEFT's modules_to_save).
+TARGET_MODULES_BY_ARCHITECTURE: dict[str, list[str]] = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    # BERT: attention query/key/value/output and the two MLP layers are all named "dense"
+    # or after their role; "dense" also matches the pooler, which a classifier uses.
+    "bert": ["query", "key", "value", "dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "roberta": ["query", "key", "value", "dense"],
+}
+_HEAD_NAMES = {"lm_head", "classifier", "score", "qa_outputs"}
+_TASK_TYPES = {"causal-lm": TaskType.CAUSAL_LM, "sequence-classification": TaskType.SEQ_CLS}
+
+
+class UnknownTargetModule(ValueError):
+    """A requested LoRA target matches no linear layer of the model."""
+
+
+def linear_layer_names(model: torch.nn.Module) -> list[str]:
+    """Short names (last path component) of the model's linear layers, heads excluded, sorted.
+
+    Quantized layers (bitsandbytes Linear4bit/Linear8bitLt) subclass nn.Linear, so they count.
+    """
+    names = {
+        full.rsplit(".", 1)[-1]
+        for full, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    return sorted(names - _HEAD_NAMES)
+
+
+def resolve_target_modules(model: torch.nn.Module, target_modules: list[str] | str = "auto") -> list[str]:
+    """The layer names LoRA will adapt; raise :class:`UnknownTargetModule` for names that do not exist."""
+    available = linear_layer_names(model)
+    if target_modules == "auto":
+        model_type = getattr(getattr(model, "config", None), "model_type", "")
+        known = TARGET_MODULES_BY_ARCHITECTURE.get(model_type)
+        # Unknown architecture: adapt every linear layer except the heads (QLoRA's "all-linear").
+        return [name for name in known if name in available] if known else available
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    missing = [name for name in target_modules if name not in available]
+    if missing:
+        raise UnknownTargetModule(
+            f"LoRA target module(s) {missing} not found in this model. Linear layers it has: "
+            f"{available}. Set lora.target_modules to some of these, or to 'auto'."
+        )
+    return list(target_modules)
+
+
+def make_lora_config(
+    model: torch.nn.Module, settings: LoraConfigSettings | None = None, task: str = "causal-lm"
+) -> LoraConfig:
+    """A peft `LoraConfig` for `model` from tunebook's few settings."""
+    settings = settings or LoraConfigSettings()
+    if task not in _TASK_TYPES:
+        raise ValueError(f"Unknown task {task!r}; use one of {list(_TASK_TYPES)}.")
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=resolve_target_modules(model, settings.target_modules),
+        bias=settings.bias,
+        task_type=_TASK_TYPES[task],
+    )
+
+
+def apply_lora(
+    model: PreTrainedModel,
+    settings: LoraConfigSettings | None = None,
+    task: str = "causal-lm",
+    gradient_checkpointing: bool = False,
+    verbose: bool = True,
+) -> PeftModel:
+    """Freeze `model`, add LoRA adapters, and return the trainable `PeftModel`.
+
+    For a 4/8-bit model, `prepare_model_for_kbit_training` first casts norms to fp32 for stable
+    training and makes the input embeddings' outputs require grad (needed for gradient
+    checkpointing through a frozen base).
+    """
+    config = make_lora_config(model, settings, task)
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # With every base weight frozen, checkpointed segments would see no input requiring grad.
+        model.enable_input_require_grads()
+    peft_model = get_peft_model(model, config)
+    if verbose:
+        trainable, total = count_parameters(peft_model)
+        print(
+            f"[tunebook] LoRA r={config.r} alpha={config.lora_alpha} on {sorted(config.target_modules)}: "
+            f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
+        )
+    return peft_model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts. 4-bit weights are packed two per byte, so count elements
+    of a `Params4bit` as the unpacked number of weights."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def load_adapter(model: PreTrainedModel, adapter_dir: str, adapter_name: str = "default",
+                 is_trainable: bool = False) -> PeftModel:
+    """Attach a saved adapter to a base model (inference by default)."""
+    return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable)

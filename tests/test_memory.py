@@ -1,0 +1,144 @@
+"""The memory estimator: exact parameter counts on tiny models, sane orderings and known figures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from tunebook.lora import TARGET_MODULES_BY_ARCHITECTURE, UnknownTargetModule
+from tunebook.memory import (
+    GiB,
+    METHODS,
+    PRESET_SHAPES,
+    UnknownModelName,
+    estimate_memory,
+    format_table,
+    gpu_fit_table,
+    shape_from_config,
+    shape_from_name,
+)
+
+
+def tiny_llama_config(tied: bool, **overrides) -> LlamaConfig:
+    # GQA (kv heads < heads) so the k/v dims differ from q's, as in Llama-3.
+    kwargs = dict(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
+                  num_hidden_layers=3, vocab_size=97, tie_word_embeddings=tied)
+    return LlamaConfig(**{**kwargs, **overrides})
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_parameter_count_matches_the_model_exactly(tied):
+    config = tiny_llama_config(tied)
+    assert shape_from_config(config).num_parameters == n_params(LlamaForCausalLM(config))
+
+
+def test_parameter_count_with_biases_and_encoders():
+    qwen = Qwen2Config(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
+                       num_hidden_layers=2, vocab_size=97)
+    assert shape_from_config(qwen).num_parameters == n_params(Qwen2ForCausalLM(qwen))
+    bert = BertConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+                      vocab_size=97, max_position_embeddings=40)
+    assert shape_from_config(bert).num_parameters == n_params(BertModel(bert))
+
+
+@pytest.mark.parametrize("targets", ["auto", ["q_proj", "v_proj"], ["down_proj"]])
+def test_lora_parameter_count_matches_peft(targets):
+    config = tiny_llama_config(tied=False)
+    model = LlamaForCausalLM(config)
+    modules = TARGET_MODULES_BY_ARCHITECTURE["llama"] if targets == "auto" else targets
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=modules))
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    assert shape_from_config(config).lora_parameters(r=4, target_modules=targets) == trainable
+
+
+def test_unknown_lora_target_is_an_error():
+    with pytest.raises(UnknownTargetModule):
+        PRESET_SHAPES["7b"].lora_parameters(target_modules=["c_attn"])
+
+
+def test_presets_have_the_published_parameter_counts():
+    assert PRESET_SHAPES["7b"].num_parameters == 6_738_415_616  # Llama-2-7B
+    assert PRESET_SHAPES["8b"].num_parameters == 8_030_261_248  # Llama-3.1-8B
+    assert PRESET_SHAPES["7b"].lora_parameters(16) == 39_976_960  # what peft prints for r=16 all-linear
+
+
+def test_methods_are_ordered_for_7b():
+    shape = shape_from_name("7b")
+    total = {m: estimate_memory(shape, m, seq_len=2048).total for m in METHODS}
+    assert total["qlora-4bit"] < total["lora-8bit"] < total["lora"] < total["full"]
+
+
+def test_7b_bf16_weights_are_13_5_gb():
+    weights = estimate_memory(shape_from_name("7b"), "full").weights
+    assert weights / 1e9 == pytest.approx(13.5, rel=0.05)
+
+
+def test_gradient_checkpointing_reduces_activations():
+    shape = shape_from_name("7b")
+    plain = estimate_memory(shape, "lora", batch_size=4, seq_len=2048)
+    checkpointed = estimate_memory(shape, "lora", batch_size=4, seq_len=2048, gradient_checkpointing=True)
+    assert checkpointed.activations < plain.activations / 5
+    assert checkpointed.weights == plain.weights
+
+
+def test_activation_formula_matches_what_autograd_saves():
+    """Count the bytes autograd keeps for backward in a bf16 Llama and compare with the formula."""
+    config = tiny_llama_config(tied=False, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                               attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    params = {p.data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, config.vocab_size, (2, 128))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    estimate = estimate_memory(shape_from_config(config), "full", batch_size=2, seq_len=128)
+    # Training logits count the fp32 gradient too (LOGITS_TRAIN_BYTES = 8); autograd saves half of it.
+    assert sum(saved.values()) == pytest.approx(estimate.activations + estimate.logits / 2, rel=0.15)
+
+
+def test_inference_has_a_kv_cache_and_no_optimizer():
+    est = estimate_memory(shape_from_name("8b"), "full", batch_size=1, seq_len=8192, inference=True)
+    # Llama-3-8B: 2 (k,v) x 32 layers x 1024 (8 kv heads x 128) x 8192 tokens x 2 bytes = 1 GiB.
+    assert est.kv_cache == 1 * GiB
+    assert est.gradients == est.optimizer_state == 0
+
+
+def test_cpu_has_no_cuda_overhead():
+    shape = shape_from_name("1b")
+    assert estimate_memory(shape, "lora", device="cpu").overhead == 0
+    assert estimate_memory(shape, "lora", device="cuda").overhead > 0
+
+
+def test_fit_table_marks_the_known_cases():
+    rows = gpu_fit_table(model_names=("7b", "70b"))
+    fits = {(r["model"], r["method"]): r["fits"] for r in rows}
+    assert fits[("7b", "qlora-4bit")][16]
+    assert not fits[("70b", "full")][80]
+    text = format_table(rows)
+    assert "qlora-4bit" in text and "✓" in text and "✗" in text
+
+
+@pytest.mark.parametrize("name", ["3e9", "3B", "350M"])
+def test_bare_parameter_counts(name):
+    shape = shape_from_name(name)
+    expected = {"3e9": 3e9, "3B": 3e9, "350M": 3.5e8}[name]
+    assert shape.num_parameters == expected
+    assert estimate_memory(shape, "lora").total > 0
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(UnknownModelName, match="preset"):
+        shape_from_name("definitely-not-a-model")

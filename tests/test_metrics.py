@@ -1,0 +1,184 @@
+"""Tests for tunebook's offline `evaluate` metrics, against numbers worked out by hand.
+
+Most of the runtime is `import evaluate` itself (it imports transformers pipelines).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tunebook.metrics import METRICS_DIR, available_metrics, load_metric
+from tunebook.metrics.entity_f1 import categorize_errors, parse_entities
+from tunebook.metrics.text_overlap import lcs_length, rouge_l, token_f1
+
+
+def _ref(person=(), organization=(), location=(), date=()) -> str:
+    """Canonical reference JSON with the four standard keys."""
+    return json.dumps({"person": list(person), "organization": list(organization),
+                       "location": list(location), "date": list(date)})
+
+
+# ---------------------------------------------------------------- loading
+
+def test_available_and_unknown_metric() -> None:
+    assert available_metrics() == ["classification", "entity_f1", "text_overlap"]
+    with pytest.raises(ValueError, match="classification, entity_f1, text_overlap"):
+        load_metric("accuracy")
+    with pytest.raises(ValueError):
+        load_metric("../metrics/classification")  # only known stems, never arbitrary paths
+
+
+def test_load_works_offline_and_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("metric loading tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    for name in available_metrics():
+        first, second = load_metric(name), load_metric(name)  # second hits evaluate's cache
+        assert type(first).__name__ == type(second).__name__
+    assert (METRICS_DIR / "entity_f1.py").is_file()
+
+
+# ---------------------------------------------------------------- classification
+
+# refs  = [0,0,0, 1,1, 2,2,2]
+# preds = [0,0,1, 1,2, 2,2,0]
+# confusion (rows true, cols pred): true0 -> [2,1,0], true1 -> [0,1,1], true2 -> [1,0,2]
+# accuracy = diagonal / n = (2+1+2)/8 = 0.625
+# F1_c = 2TP / (2TP + FP + FN):
+#   class0: TP=2, FP=1 (col0 sum 3 - 2), FN=1 -> 4/6 = 2/3
+#   class1: TP=1, FP=1 (col1 sum 2 - 1), FN=1 -> 2/4 = 1/2
+#   class2: TP=2, FP=1 (col2 sum 3 - 2), FN=1 -> 4/6 = 2/3
+# macro F1 = (2/3 + 1/2 + 2/3) / 3 = (11/6) / 3 = 11/18
+REFS = [0, 0, 0, 1, 1, 2, 2, 2]
+PREDS = [0, 0, 1, 1, 2, 2, 2, 0]
+
+
+def test_classification_by_hand_and_sklearn() -> None:
+    result = load_metric("classification").compute(predictions=PREDS, references=REFS)
+    assert set(result) == {"accuracy", "macro_f1", "per_class_f1", "confusion_matrix"}
+    assert result["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [1, 0, 2]]
+    assert result["accuracy"] == pytest.approx(5 / 8)
+    assert result["per_class_f1"] == pytest.approx([2 / 3, 1 / 2, 2 / 3])
+    assert result["macro_f1"] == pytest.approx(11 / 18)
+
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    assert result["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(REFS, PREDS))
+    assert result["macro_f1"] == pytest.approx(sklearn_metrics.f1_score(REFS, PREDS, average="macro"))
+    assert result["confusion_matrix"] == sklearn_metrics.confusion_matrix(REFS, PREDS).tolist()
+
+
+def test_classification_num_labels_absent_class() -> None:
+    # Class 3 occurs nowhere: its F1 is reported as 0.0 but it is left out of the macro
+    # average (as sklearn's default labels=None does), so macro stays 11/18.
+    result = load_metric("classification").compute(predictions=PREDS, references=REFS, num_labels=4)
+    assert result["per_class_f1"] == pytest.approx([2 / 3, 1 / 2, 2 / 3, 0.0])
+    assert result["macro_f1"] == pytest.approx(11 / 18)
+    assert len(result["confusion_matrix"]) == 4 and result["confusion_matrix"][3] == [0, 0, 0, 0]
+
+
+# ---------------------------------------------------------------- entity F1
+
+ENTITY_REFS = [
+    _ref(["Ada Lovelace"], [], ["Paris"], ["3 March 2021"]),
+    _ref(["Alan Turing"], ["Bletchley Park"]),
+    _ref(["Marie Curie"], [], ["Warsaw"]),
+    _ref([], ["UNESCO"], [], ["1945"]),
+]
+ENTITY_PREDS = [
+    # wrong type: Paris as organization. TP: Ada, 3 March 2021. FP: org/Paris. FN: loc/Paris.
+    "```json\n" + _ref(["Ada Lovelace"], ["Paris"], [], ["3 March 2021"]) + "\n```",
+    # invented Grace Hopper (FP), missing Bletchley Park (FN), TP: Alan Turing.
+    "Sure! Here you go: " + _ref(["Alan Turing", "Grace Hopper"]) + " Hope this helps.",
+    # truncated generation -> invalid JSON -> both gold entities are FN.
+    '{"person": ["Marie Curie"], "location": ["Warsaw"',
+    # exact after .strip() and dedup. TP: UNESCO, 1945.
+    _ref([], [" UNESCO ", "UNESCO"], [], ["1945"]),
+]
+# Totals: TP = 2+1+0+2 = 5, FP = 1+1+0+0 = 2, FN = 1+1+2+0 = 4
+# P = 5/7, R = 5/9, F1 = 2TP/(2TP+FP+FN) = 10/16 = 0.625
+# valid_json_rate = 3/4, exact_match = 1/4 (only example 4)
+# per type:  person TP=2 (Ada, Alan) FP=1 (Grace) FN=1 (Marie) -> P=R=F1=2/3, support 3
+#            organization TP=1 FP=1 FN=1 -> 1/2 each, support 2
+#            location TP=0 FP=0 FN=2 -> no predictions -> 0.0 each, support 2
+#            date TP=2 -> 1.0 each, support 2
+
+
+def test_entity_f1_by_hand() -> None:
+    result = load_metric("entity_f1").compute(predictions=ENTITY_PREDS, references=ENTITY_REFS)
+    assert set(result) == {"precision", "recall", "f1", "valid_json_rate", "per_type", "exact_match"}
+    assert result["precision"] == pytest.approx(5 / 7)
+    assert result["recall"] == pytest.approx(5 / 9)
+    assert result["f1"] == pytest.approx(0.625)
+    assert result["valid_json_rate"] == pytest.approx(0.75)
+    assert result["exact_match"] == pytest.approx(0.25)
+    per_type = result["per_type"]
+    assert per_type["person"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+    assert per_type["organization"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert per_type["location"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
+    assert per_type["date"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+
+
+def test_entity_f1_zero_denominators() -> None:
+    metric = load_metric("entity_f1")
+    empty = metric.compute(predictions=[_ref()], references=[_ref()])  # nothing anywhere
+    assert (empty["precision"], empty["recall"], empty["f1"], empty["exact_match"]) == (1.0, 1.0, 1.0, 1.0)
+    # Predictions but no gold: precision 0/1, recall has an empty denominator -> 0.0.
+    invented = metric.compute(predictions=[_ref(["Bob"])], references=[_ref()])
+    assert (invented["precision"], invented["recall"], invented["f1"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="reference at index 0"):
+        metric.compute(predictions=[_ref()], references=["not json"])
+
+
+def test_parse_entities() -> None:
+    assert parse_entities('```json\n{"person": [" Ada ", "Ada", ""]}\n```') == {"person": {"Ada"}}
+    assert parse_entities('Answer: {"location": ["A}b {c"]} trailing') == {"location": {"A}b {c"}}
+    assert parse_entities('{"person": "Ada"}') is None  # value not a list
+    assert parse_entities('{"person": [1]}') is None  # list item not a string
+    assert parse_entities("no json here") is None
+    assert parse_entities('{"person": ["Ada"]') is None  # never balanced
+
+
+def test_categorize_errors() -> None:
+    ref = _ref(["Ada Lovelace"], [], ["Paris"])
+    assert categorize_errors(ref, ref) == []
+    assert categorize_errors("I could not find any.", ref) == ["invalid_json"]
+    assert categorize_errors(_ref(["Ada Lovelace"]), ref) == ["missing_entity"]
+    # Paris under organization is a type error; the gold location it explains is not
+    # reported again as missing.
+    assert categorize_errors(_ref(["Ada Lovelace"], ["Paris"]), ref) == ["wrong_type"]
+    assert categorize_errors(_ref(["Lovelace"], [], ["Paris"]), ref) == ["boundary"]
+    assert categorize_errors(_ref(["Ada Lovelace", "Bob"], [], ["Paris"]), ref) == ["invented_entity"]
+    assert categorize_errors(_ref(["Bob"], [], ["Paris"]), ref) == ["missing_entity", "invented_entity"]
+
+
+# ---------------------------------------------------------------- text overlap
+
+def test_lcs_and_rouge_l_by_hand() -> None:
+    # Classic textbook pair: LCS of ABCBDAB and BDCABA has length 4 (e.g. B C B A).
+    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
+    # pred: the cat sat on the mat        (6 tokens)
+    # ref:  The cat was sitting on the mat (7 tokens)
+    # LCS = the cat on the mat = 5 -> P = 5/6, R = 5/7
+    # F = 2PR/(P+R) = (50/42) / (65/42) = 10/13
+    assert rouge_l("the cat sat on the mat", "The cat was sitting on the mat") == pytest.approx(10 / 13)
+    assert rouge_l("", "") == 1.0 and rouge_l("a", "") == 0.0
+
+
+def test_text_overlap_metric() -> None:
+    # Pair 1: exact after normalisation ("  Paris. " -> "paris"); token F1 1; rouge-L 1.
+    # Pair 2: "Paris, France" vs "in Paris": tokens {paris, france} vs {in, paris},
+    #         1 common -> P = R = 1/2 -> token F1 0.5; LCS("paris france","in paris") = 1 -> 0.5.
+    assert token_f1("Paris, France", "in Paris") == pytest.approx(0.5)
+    result = load_metric("text_overlap").compute(
+        predictions=["  Paris. ", "Paris, France"], references=["paris", "in Paris"]
+    )
+    assert set(result) == {"exact_match", "token_f1", "rouge_l"}
+    assert result["exact_match"] == pytest.approx(0.5)  # (1 + 0) / 2
+    assert result["token_f1"] == pytest.approx(0.75)  # (1 + 0.5) / 2
+    assert result["rouge_l"] == pytest.approx(0.75)  # (1 + 0.5) / 2
