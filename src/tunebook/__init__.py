@@ -15,3 +15,12 @@ One module per pipeline stage:
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+import warnings as _warnings
+
+# bitsandbytes logs at import that optional CPU kernels from the `kernels` package (a Hub
+# download) are absent; its built-in CPU path is used instead, so the line is noise for users.
+_logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
+# peft calls a transformers property renamed in v5; the warning is for peft's maintainers.
+_warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -91,6 +91,17 @@ def choose_optimizer(config: RunConfig, device: str) -> Decision:
     return Decision("adamw_torch", "AdamW; adapter optimizer state is small, nothing to page")
 
 
+def frozen_weight_dtype(precision: str) -> torch.dtype:
+    """dtype to store the frozen base weights in: the compute dtype.
+
+    Only the adapters are updated, so the base needs no fp32 master copy. Storing it in bf16
+    halves its memory and, on CPU, saves autocast from re-casting every frozen fp32 weight to
+    bf16 in every forward and backward (autocast caches casts only for weights that require grad).
+    The adapters stay fp32 (peft upcasts them), so updates are not lost to bf16 rounding.
+    """
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
 def peak_memory_mb(device: str) -> float:
     """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
     if device == "cuda":
@@ -160,7 +171,8 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
     # seed gives the same initial adapter and the same loss curve.
     set_seed(config.train.seed)
     model = load_model(config.model.name, config.model.task, quantization=config.model.quantization,
-                       label_names=labels, trust_remote_code=config.model.trust_remote_code)
+                       dtype=frozen_weight_dtype(precision.value), label_names=labels,
+                       trust_remote_code=config.model.trust_remote_code)
     model = apply_lora(model, config.lora, config.model.task, config.train.gradient_checkpointing,
                        verbose=int(os.environ.get("RANK", 0)) == 0)
     eval_data = tokenized["validation"]

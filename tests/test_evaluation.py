@@ -1,0 +1,176 @@
+"""Evaluation: batched generation, perplexity, metrics wiring, error analysis, before/after table.
+
+Tiny random Llama models (2 layers, hidden 64) with the real SmolLM2 tokenizer keep this fast; the
+one test on the real 135M model is marked `integration`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from conftest import make_tiny_llama
+from transformers import LlamaForSequenceClassification
+
+from tunebook.config import DataConfig, EvalConfig, apply_overrides, load_config
+from tunebook.evaluation import (compare_table, detect_task, error_analysis, evaluate_classification,
+                                 evaluate_generation, generate, perplexity, run_evaluation)
+from tunebook.formatting import CompletionCollator, build_prompt, prompt_messages, tokenize_example
+
+EXTRACTION = DataConfig(recipe="instruction", instruction="Extract the named entities as JSON.")
+
+
+def _ref(person=(), organization=(), location=(), date=()) -> str:
+    return json.dumps({"person": list(person), "organization": list(organization),
+                       "location": list(location), "date": list(date)})
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm_tokenizer):
+    return smollm_tokenizer  # shared (session-scoped): never mutated here
+
+
+def tiny_llama_for(tokenizer, seed: int = 0):
+    return make_tiny_llama(len(tokenizer), seed=seed, pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    return tiny_llama_for(tokenizer)
+
+
+def _prompts(tokenizer, sentences: list[str]) -> list[str]:
+    return [build_prompt(tokenizer, prompt_messages({"input": s}, EXTRACTION)) for s in sentences]
+
+
+SENTENCES = ["Ada Lovelace visited Paris.", "Hi.",
+             "The Bank of Lisbon and Kyoto University signed a deal in March 2021 in Lagos, Nigeria.",
+             "Grace Hopper spoke in Boston on 3 May 1985."]
+
+
+def test_batched_generation_equals_one_by_one(tokenizer, tiny_model):
+    prompts = _prompts(tokenizer, SENTENCES)
+    batched = generate(tiny_model, tokenizer, prompts, max_new_tokens=8, batch_size=3, autocast=False)
+    single = [generate(tiny_model, tokenizer, [p], max_new_tokens=8, batch_size=1, autocast=False)[0]
+              for p in prompts]
+    assert batched == single
+    assert all(isinstance(text, str) and text for text in batched)  # a random model never says EOS first
+    assert tokenizer.padding_side == "right"  # generate pads by itself and leaves the tokenizer alone
+
+
+def test_generation_stops_at_end_token_and_strips_it(tokenizer):
+    model = tiny_llama_for(tokenizer)
+    head = torch.nn.Linear(64, len(tokenizer), bias=True)  # a head that always says "end"
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id] = 1.0
+    model.lm_head = head
+    ids = [tokenizer("hello there")["input_ids"], tokenizer("a longer prompt with more tokens")["input_ids"]]
+    assert generate(model, tokenizer, ids, max_new_tokens=5, batch_size=2, autocast=False) == ["", ""]
+
+
+def test_perplexity_is_exp_of_token_weighted_loss(tokenizer, tiny_model):
+    rows = [{"input": s, "output": _ref(person=["Ada"] * (i + 1))} for i, s in enumerate(SENTENCES[:3])]
+    data = Dataset.from_list([tokenize_example(r, tokenizer, EXTRACTION) for r in rows])
+    collator = CompletionCollator(tokenizer)
+    ppl = perplexity(tiny_model, data, collator, batch_size=2, autocast=False)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for example in data:  # one by one, no padding: the model's own mean loss per example
+            n = sum(label != -100 for label in example["labels"][1:])
+            loss = tiny_model(input_ids=torch.tensor([example["input_ids"]]),
+                              labels=torch.tensor([example["labels"]])).loss
+            total, count = total + loss.item() * n, count + n
+    assert ppl == pytest.approx(math.exp(total / count), rel=1e-4)
+
+
+def test_evaluate_generation_detects_task(tokenizer, tiny_model):
+    evaluation = EvalConfig(max_new_tokens=4, batch_size=2)
+    extraction = Dataset.from_list([{"input": s, "output": _ref(person=["Ada"])} for s in SENTENCES[:3]])
+    result = evaluate_generation(tiny_model, tokenizer, extraction, EXTRACTION, evaluation, autocast=False)
+    assert result["task"] == "extraction"
+    assert {"precision", "recall", "f1", "per_type", "valid_json_rate", "exact_match"} <= set(result)
+    assert len(result["predictions"]) == 3 and result["inputs"] == SENTENCES[:3]
+    text = Dataset.from_list([{"instruction": "Say hi.", "output": "Hello!"}] * 2)
+    result = evaluate_generation(tiny_model, tokenizer, text, DataConfig(), evaluation, autocast=False)
+    assert result["task"] == "text" and {"exact_match", "token_f1", "rouge_l"} <= set(result)
+    assert detect_task([_ref(), "not json"]) == "text"
+    assert detect_task([_ref(), _ref(date=["2019"])]) == "extraction"
+
+
+def test_evaluate_classification_writes_confusion_matrix(tokenizer, tmp_path):
+    config = tiny_llama_for(tokenizer).config
+    config.num_labels = 3
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    data = Dataset.from_list([{"input_ids": tokenizer(t)["input_ids"], "label": i % 3}
+                              for i, t in enumerate(["a b c", "hello", "news about sport today", "x y", "z"])])
+    result = evaluate_classification(model, data, ["A", "B", "C"], batch_size=2, out_png=tmp_path / "cm.png",
+                                     autocast=False)
+    assert (tmp_path / "cm.png").stat().st_size > 0
+    assert 0 <= result["accuracy"] <= 1 and sum(map(sum, result["confusion_matrix"])) == 5
+    # Padding must not change a row's prediction: compare with unpadded one-by-one logits.
+    with torch.no_grad():
+        single = [int(model(input_ids=torch.tensor([ids])).logits.argmax(-1)) for ids in data["input_ids"]]
+    assert result["predictions"] == single
+
+
+def test_error_analysis_counts_and_examples():
+    gold = _ref(person=["Ada Lovelace"], location=["Paris"])
+    predictions = [
+        gold,  # correct
+        "not json at all",  # invalid_json
+        _ref(person=["Lovelace"], location=["Paris"]),  # boundary
+        _ref(person=["Ada Lovelace"], location=["Paris", "London"]),  # invented_entity
+        _ref(person=["Ada Lovelace"], organization=["Paris"]),  # wrong_type
+        _ref(person=["Ada Lovelace"]),  # missing_entity
+        "{broken",  # invalid_json
+        "nope", "nope again",  # invalid_json x2 more: only 3 examples are kept
+    ]
+    inputs = [f"sentence {i}" for i in range(len(predictions))]
+    result = error_analysis(predictions, [gold] * len(predictions), inputs)
+    assert result["counts"] == {"correct": 1, "invalid_json": 4, "missing_entity": 1, "wrong_type": 1,
+                                "invented_entity": 1, "boundary": 1}
+    assert result["per_example"][0] == [] and result["per_example"][2] == ["boundary"]
+    assert [e["input"] for e in result["examples"]["invalid_json"]] == ["sentence 1", "sentence 6", "sentence 7"]
+    assert result["examples"]["wrong_type"][0] == {"input": "sentence 4", "reference": gold,
+                                                   "prediction": predictions[4]}
+
+
+def test_compare_table_contents():
+    base = {"f1": 0.25, "per_type": {"person": {"f1": 0.5}}, "perplexity": 12.0}
+    tuned = {"f1": 0.75, "per_type": {"person": {"f1": 0.25}}, "perplexity": 3.5}
+    lines = compare_table(base, tuned, ["f1", "per_type.person.f1", "perplexity", "missing"]).splitlines()
+    assert lines[0].split() == ["metric", "base", "tuned", "delta"] and set(lines[1]) == {"-"}
+    assert lines[2].split() == ["f1", "0.2500", "0.7500", "+0.5000"]
+    assert lines[3].split() == ["per_type.person.f1", "0.5000", "0.2500", "-0.2500"]
+    assert lines[4].split() == ["perplexity", "12.0000", "3.5000", "-8.5000"]
+    assert lines[5].split() == ["missing", "-", "-", "-"]
+
+
+@pytest.mark.integration
+def test_run_evaluation_on_smollm2(tmp_path):
+    from tunebook.lora import apply_lora
+    from tunebook.models import load_model
+
+    config = apply_overrides(load_config("configs/smollm2-135m-instruct/lora.yaml"), {
+        "train.output_dir": str(tmp_path), "eval.max_examples": 4, "eval.max_new_tokens": 16})
+    # An untrained adapter (B = 0) must leave every output unchanged: tuned == base.
+    apply_lora(load_model(config.model.name), config.lora, verbose=False).save_pretrained(tmp_path / "adapter")
+    results = run_evaluation(config)
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["task"] == "extraction" and saved["num_examples"] == 4
+    for name in ("base", "tuned"):
+        for key in ("precision", "recall", "f1", "valid_json_rate", "exact_match"):
+            assert 0 <= saved[name][key] <= 1
+        assert saved[name]["perplexity"] > 1
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and {"input", "reference", "base_output", "tuned_output", "base_errors"} <= set(rows[0])
+    assert [r["base_output"] for r in rows] == [r["tuned_output"] for r in rows]
+    print({k: saved["base"][k] for k in ("precision", "recall", "f1", "valid_json_rate", "exact_match")})
