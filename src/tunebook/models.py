@@ -15,6 +15,7 @@ Weights load from safetensors only (``use_safetensors=True``: pickle files can r
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -153,6 +154,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
+def _drop_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in record.getMessage()
+
+
 def load_model(
     name: str,
     task: str = "causal-lm",
@@ -195,9 +200,19 @@ def load_model(
             kwargs["dtype"] = dtype
         if device_map is not None:
             kwargs["device_map"] = device_map
-    loader = (AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification).from_pretrained
-    model = _load_or_explain(loader, name, resolve_model(name), **kwargs)
-    if task == "sequence-classification" and model.config.pad_token_id is None:
+    if task == "causal-lm":
+        return _load_or_explain(AutoModelForCausalLM.from_pretrained, name, resolve_model(name), **kwargs)
+    # A new classification head is *expected* to be missing from an encoder checkpoint; transformers
+    # reports it as a warning table (with the package's file path). Say it once, plainly, instead.
+    loading_logger = logging.getLogger("transformers.modeling_utils")
+    loading_logger.addFilter(_drop_load_report)
+    try:
+        model = _load_or_explain(AutoModelForSequenceClassification.from_pretrained, name, resolve_model(name), **kwargs)
+    finally:
+        loading_logger.removeFilter(_drop_load_report)
+    print(f"[tunebook] {name}: new classification head for {model.config.num_labels} labels "
+          "(randomly initialised, trained in full)")
+    if model.config.pad_token_id is None:
         model.config.pad_token_id = load_tokenizer(name).pad_token_id
     return model
 
