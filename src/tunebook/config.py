@@ -103,6 +103,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # Batches similar lengths together so that dynamic padding wastes little compute.
     group_by_length: bool = True
+    # None: dynamic padding (to the longest example in each batch). An int pads every causal-LM
+    # batch to that fixed length, the usual tutorial recipe (benchmarks/ measures what it costs).
+    pad_to_length: int | None = None
     logging_steps: int = 10
     eval_steps: int = 50
     save_steps: int = 50
@@ -172,6 +175,12 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; it is a float to anyone writing a config.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}.")
     return value

@@ -44,8 +44,15 @@ def _load_file(path: Path) -> Dataset:
         raise DataValidationError(
             f"{path}: unsupported file type '{path.suffix}'. Use one of {sorted(_LOADERS)}."
         )
-    dataset = Dataset.from_json(str(path)) if loader == "json" else getattr(Dataset, f"from_{loader}")(str(path))
-    return dataset
+    if path.stat().st_size == 0:
+        raise DataValidationError(f"{path}: the file is empty. Add examples or remove the file.")
+    try:
+        return Dataset.from_json(str(path)) if loader == "json" else getattr(Dataset, f"from_{loader}")(str(path))
+    except Exception as exc:  # datasets raises StopIteration, ValueError, ArrowInvalid... per format
+        raise DataValidationError(
+            f"{path}: could not read it as {loader} ({type(exc).__name__}: {exc}). A file with only "
+            "a header or no rows is empty; otherwise check its format."
+        ) from None
 
 
 def load_raw(path: str) -> tuple[DatasetDict, dict[str, str]]:
@@ -157,7 +164,10 @@ def validate(data: DatasetDict, sources: dict[str, str], config: DataConfig,
                 _check_messages(example["messages"], source, i, config.columns.get("messages", "messages"))
             if config.recipe == "classification" and label_names is not None:
                 label = example["label"]
-                valid = label in label_names or (isinstance(label, int) and 0 <= label < len(label_names))
+                # Integer labels count as ids only when data.labels names them; labels read from
+                # the data are compared as text (a file with labels 1..4 has names "1".."4").
+                as_id = bool(config.labels) and isinstance(label, int) and 0 <= label < len(label_names)
+                valid = str(label) in label_names or as_id
                 if not valid:
                     raise _row_error(source, i, config.columns.get("label", "label"),
                                      f"label {label!r} is not in the label set {label_names}",
@@ -213,20 +223,21 @@ def split_dataset(data: DatasetDict, config: DataConfig) -> DatasetDict:
     fractions = {"validation": config.validation_fraction, "test": config.test_fraction}
     rng = np.random.default_rng(config.seed)
     train = data["train"]
-    groups = (
-        [np.flatnonzero(np.array([str(v) for v in train["label"]]) == label)
-         for label in sorted({str(v) for v in train["label"]})]
-        if config.recipe == "classification" else [np.arange(len(train))]
-    )
+    strata = [str(v) for v in train["label"]] if config.recipe == "classification" else [""] * len(train)
+    # Copies of one example move together, so a duplicated row cannot land in train and test.
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, example in enumerate(train):
+        groups.setdefault((strata[i], example_key(example)), []).append(i)
     chosen: dict[str, list[int]] = {s: [] for s in ("train", *missing)}
-    for indices in groups:
-        indices = rng.permutation(indices)
+    for stratum in sorted(set(strata)):
+        keys = [k for k in groups if k[0] == stratum]
+        order = rng.permutation(len(keys))
         start = 0
         for split in missing:
-            n = int(round(fractions[split] * len(indices)))
-            chosen[split].extend(indices[start:start + n].tolist())
+            n = int(round(fractions[split] * len(keys)))
+            chosen[split].extend(i for j in order[start:start + n] for i in groups[keys[j]])
             start += n
-        chosen["train"].extend(indices[start:].tolist())
+        chosen["train"].extend(i for j in order[start:] for i in groups[keys[j]])
     out = {s: data[s] for s in data if s in SPLITS}
     for split, indices in chosen.items():
         out[split] = train.select(sorted(indices))

@@ -37,7 +37,7 @@ def prompt_messages(example: dict, config: DataConfig) -> list[dict[str, str]]:
         instruction = example.get("instruction") or config.instruction or ""
         user = instruction + (f"\n\n{example['input']}" if example.get("input") else "")
         messages = [{"role": "user", "content": user}]
-    if config.system_prompt and messages[0]["role"] != "system":
+    if config.system_prompt and (not messages or messages[0]["role"] != "system"):
         messages.insert(0, {"role": "system", "content": config.system_prompt})
     return messages
 

@@ -120,6 +120,11 @@ def apply_lora(
         # With every base weight frozen, checkpointed segments would see no input requiring grad.
         model.enable_input_require_grads()
     peft_model = get_peft_model(model, config)
+    # Whatever is trained (adapters, a new classification head) keeps fp32 master weights even
+    # when the frozen base is stored in bf16: bf16 would round small AdamW updates away.
+    for param in peft_model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
     if verbose:
         trainable, total = count_parameters(peft_model)
         print(

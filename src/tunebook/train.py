@@ -64,6 +64,8 @@ class TunebookTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.trained_tokens = 0  # labels != -100 (what the loss sees)
         self.input_tokens = 0  # non-padding tokens the forward pass processes
+        self.padded_tokens = 0  # every position the forward pass computes, padding included
+        self.batch_shapes: list[tuple[int, int]] = []  # (rows, width) of each micro-batch, this process
         self.micro_batches = 0  # in this process, this run (a resumed run counts from the resume)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -80,6 +82,8 @@ class TunebookTrainer(Trainer):
             self.trained_tokens += int((labels != -100).sum())
         mask = inputs.get("attention_mask")
         self.input_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.padded_tokens += inputs["input_ids"].numel()
+        self.batch_shapes.append(tuple(inputs["input_ids"].shape))
         return loss
 
 
@@ -166,6 +170,10 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
     classification = config.data.recipe == "classification"
     say(f"data: {prepared.report['split_sizes']}; train tokens per example: p50={stats['p50']:.0f} "
         f"p95={stats['p95']:.0f} max={stats['max']}")
+    longest = max(max(split["length"], default=0) for split in tokenized.values())
+    if config.train.pad_to_length is not None and config.train.pad_to_length < longest:
+        raise ValueError(f"train.pad_to_length={config.train.pad_to_length} is shorter than the longest "
+                         f"example ({longest} tokens); raise it, or set it to null for dynamic padding.")
 
     # The seed is set *before* the adapter is created: LoRA's A matrices are random, so the same
     # seed gives the same initial adapter and the same loss curve.
@@ -179,7 +187,7 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
     if config.train.max_eval_examples is not None:
         eval_data = eval_data.select(range(min(config.train.max_eval_examples, len(eval_data))))
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) if classification \
-        else CompletionCollator(tokenizer)
+        else CompletionCollator(tokenizer, pad_to_length=config.train.pad_to_length)
     trainer = TunebookTrainer(
         model=model,
         args=training_arguments(config, run_dir, precision.value, optim.value, len(eval_data) > 0),
@@ -203,14 +211,17 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
         write_json(run_dir / "metrics.json", metrics)
         plot_loss_curve(trainer.state.log_history, run_dir / "loss_curve.png",
                         title=f"{config.model.name} + LoRA r={config.lora.r}")
-        say(f"adapter saved to {adapter_dir}; {metrics['trained_tokens_per_second']:.0f} trained tokens/s, "
+        speed = (f"{metrics['trained_tokens_per_second']:.0f} trained tokens/s" if metrics["trained_tokens"]
+                 else f"{metrics['input_tokens_per_second']:.0f} input tokens/s")
+        say(f"adapter saved to {adapter_dir}; {speed}, "
             f"peak memory {metrics['peak_memory_mb']:.0f} MB, final train loss {metrics['final_train_loss']:.4f}")
     return TrainResult(run_dir, adapter_dir, metrics)
 
 
 def collect_metrics(trainer: TunebookTrainer, runtime: float, device: str, stats: dict) -> dict:
     """Numbers that describe the run (summed over processes under `accelerate launch`)."""
-    counts = torch.tensor([trainer.trained_tokens, trainer.input_tokens], dtype=torch.float64)
+    counts = torch.tensor([trainer.trained_tokens, trainer.input_tokens, trainer.padded_tokens],
+                          dtype=torch.float64)
     counts = trainer.accelerator.reduce(counts.to(trainer.accelerator.device), reduction="sum").cpu()
     history = trainer.state.log_history
     train_losses = [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e]
@@ -223,11 +234,15 @@ def collect_metrics(trainer: TunebookTrainer, runtime: float, device: str, stats
         "final_train_loss": train_losses[-1]["loss"] if train_losses else math.nan,
         "final_eval_loss": eval_losses[-1]["eval_loss"] if eval_losses else None,
         "runtime_seconds": runtime,
+        # Part of runtime_seconds spent in evaluation (Trainer's eval_runtime, summed).
+        "eval_seconds": sum(e.get("eval_runtime", 0.0) for e in history),
         "seconds_per_step": runtime / steps_this_run,
         "trained_tokens": int(counts[0]),
         "input_tokens": int(counts[1]),
         "trained_tokens_per_second": float(counts[0]) / runtime,
         "input_tokens_per_second": float(counts[1]) / runtime,
+        "padded_tokens": int(counts[2]),  # incl. padding: what the device computes
+        "batch_shapes": [list(s) for s in trainer.batch_shapes],  # this process's micro-batches
         "peak_memory_mb": peak_memory_mb(device),
         "world_size": trainer.args.world_size,
         "length_stats": stats,

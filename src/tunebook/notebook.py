@@ -1,0 +1,261 @@
+"""Small helpers for the notebooks in ``notebooks/``: setup, smoke mode, display, and running them.
+
+The notebooks hold narrative, calls and plots; anything longer than a few lines lives here (or in
+the pipeline modules), so a cell reads like the CLI: load a config, call one function, look at
+the result.
+
+- :func:`use_repo_root` makes a notebook work whether Jupyter started it in ``notebooks/`` or the
+  repository root, and quiets library chatter (warnings that print file paths, progress bars).
+- :func:`notebook_config` loads a run config and, in smoke mode, shrinks every heavy step and
+  moves the run folder under ``runs/smoke/``.
+- :func:`ensure_adapter` trains a short adapter when a notebook needs one that an earlier notebook
+  has not produced yet, so every notebook runs on its own.
+- :func:`execute_notebook` runs a notebook with papermill (used by ``scripts/run_notebooks.py``
+  and ``tests/test_notebooks.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+# Smoke mode: every heavy step shrinks so that a notebook runs in about a minute on a CPU.
+SMOKE_OVERRIDES: dict[str, Any] = {
+    "data.max_train_examples": 32,
+    "train.max_steps": 2,
+    "train.per_device_batch_size": 2,
+    "train.logging_steps": 1,
+    "train.eval_steps": 2,
+    "train.save_steps": 2,
+    "train.max_eval_examples": 4,
+    "eval.max_examples": 4,
+    "eval.max_new_tokens": 16,
+}
+# Absolute paths of this machine in notebook sources or outputs (what committed notebooks must not show).
+MACHINE_PATH = re.compile(r"/(root|home|tmp|work|Users)/")
+
+
+def find_repo_root(start: str | Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: the working directory) holding pyproject.toml."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "configs").is_dir():
+            return folder
+    raise FileNotFoundError(f"No pyproject.toml found above {here}: open the notebook inside the tunebook repository.")
+
+
+def quiet_libraries() -> None:
+    """Hide warnings (they print site-packages paths) and progress bars; keep tunebook's own prints."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read by tqdm when it is first imported
+    warnings.filterwarnings("ignore")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        import evaluate
+
+        evaluate.logging.set_verbosity_error()
+        evaluate.disable_progress_bar()
+    except (ImportError, AttributeError):
+        pass
+
+
+def use_repo_root(quiet: bool = True) -> Path:
+    """chdir to the repository root (config paths such as ``data/extraction`` are relative to it)."""
+    root = find_repo_root()
+    os.chdir(root)
+    if quiet:
+        quiet_libraries()
+    print(f"working directory: the repository root ('{root.name}', where pyproject.toml is)")
+    return root
+
+
+def run_folder(name: str, smoke: bool = False, runs: str = "runs") -> str:
+    """``runs/<name>``, or ``runs/smoke/<name>`` in smoke mode (smoke runs never overwrite real ones)."""
+    return f"{runs}/smoke/{name}" if smoke else f"{runs}/{name}"
+
+
+def notebook_config(path: str | Path, smoke: bool = False, overrides: dict[str, Any] | None = None,
+                    name: str | None = None):
+    """Load a YAML run config, apply `overrides`, and in smoke mode :data:`SMOKE_OVERRIDES` too.
+
+    The run folder becomes ``runs/<name>`` (default: the config's own folder name), or
+    ``runs/smoke/<name>`` in smoke mode.
+    """
+    from .config import apply_overrides, load_config
+
+    config = load_config(path)
+    name = name or Path(config.train.output_dir).name
+    values = {**(overrides or {}), **(SMOKE_OVERRIDES if smoke else {})}
+    values["train.output_dir"] = run_folder(name, smoke)
+    return apply_overrides(config, values)
+
+
+def ensure_adapter(config, fallback_steps: int) -> Path:
+    """The adapter of `config`'s run folder; if absent, train a short one (``<run>-short``) and return it.
+
+    A notebook that needs an adapter from an earlier notebook calls this, so it runs on its own.
+    """
+    from .config import apply_overrides
+    from .train import run_training
+
+    adapter = Path(config.train.output_dir) / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        print(f"using the adapter trained earlier: {adapter}")
+        return adapter
+    short = apply_overrides(config, {"train.max_steps": fallback_steps,
+                                     "train.output_dir": config.train.output_dir + "-short"})
+    adapter = Path(short.train.output_dir) / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        print(f"using the short adapter trained earlier: {adapter}")
+        return adapter
+    print(f"no adapter in {config.train.output_dir}: training a short one ({fallback_steps} steps)")
+    run_training(short)
+    close_figures()
+    return adapter
+
+
+def train_in_subprocess(config_path: str | Path, overrides: dict[str, Any]) -> dict:
+    """Run ``python -m tunebook train`` in a fresh process and return its metrics.json.
+
+    Why a process per run: on CPU, peak memory is the process's peak resident set size, which
+    only grows; several runs in one notebook kernel would each report the largest so far.
+    Only tunebook's own ``[tunebook]`` lines are shown.
+    """
+    args = [sys.executable, "-m", "tunebook", "train", str(config_path)]
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    start = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("[tunebook]"):
+            print(line)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"training failed (exit code {proc.returncode}):\n{tail}")
+    print(f"finished in {time.perf_counter() - start:.0f} s")
+    return json.loads((Path(overrides["train.output_dir"]) / "metrics.json").read_text())
+
+
+def read_metrics(run_dir: str | Path) -> dict | None:
+    """A run's metrics.json, or None when the run has not been done."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def mb(num_bytes: float) -> float:
+    return num_bytes / 2**20
+
+
+def folder_size_mb(path: str | Path) -> float:
+    """Disk size of a folder (e.g. an adapter vs a merged model)."""
+    return mb(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
+
+
+def close_figures() -> None:
+    """Close figures the pipeline drew (it saved them as PNG); the notebook shows the PNG files."""
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def show_image(path: str | Path, width: int | None = None) -> None:
+    """Display a PNG written by a run (loss curve, histogram, confusion matrix)."""
+    from IPython.display import Image, display
+
+    display(Image(filename=str(path), width=width))
+
+
+def show_html(html: str) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(html))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running notebooks (scripts/run_notebooks.py and tests/test_notebooks.py)
+
+
+def ensure_kernel(name: str = "python3") -> str:
+    """Make sure a Jupyter kernel `name` exists that runs *this* Python; install one if not.
+
+    ipykernel's wheel ships a ``python3`` kernelspec whose command is ``python``, which
+    jupyter_client replaces with the running interpreter, so a fresh venv usually has it already.
+    A kernelspec of another Python (e.g. a user-wide one) is shadowed by a ``tunebook`` kernel.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        argv0 = manager.get_kernel_spec(name).argv[0]
+    except NoSuchKernel:
+        argv0 = None
+    if argv0 is not None and (argv0 in ("python", "python3") or Path(argv0).resolve() == Path(sys.executable).resolve()):
+        return name
+    if argv0 is None and name == "python3":
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True,
+                       capture_output=True)
+        return name
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", "tunebook",
+                    "--display-name", "Python (tunebook)"], check=True, capture_output=True)
+    return "tunebook"
+
+
+def notebook_problems(nb: Any, check_paths: bool = True) -> list[str]:
+    """Error outputs, tracebacks and (optionally) machine paths in an executed notebook."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        texts = [cell.source]
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                problems.append(f"cell {i}: error output {out.get('ename')}: {out.get('evalue')}")
+            texts.append(out.get("text", ""))
+            texts += [v for v in out.get("data", {}).values() if isinstance(v, str) and not v.startswith("iVBOR")]
+        text = "\n".join(t if isinstance(t, str) else "".join(t) for t in texts)
+        if "Traceback (most recent call last)" in text:
+            problems.append(f"cell {i}: a traceback is printed")
+        if check_paths and (match := MACHINE_PATH.search(text)):
+            line = next(ln for ln in text.splitlines() if match.group(0) in ln)
+            problems.append(f"cell {i}: machine path in {line.strip()[:120]!r}")
+    return problems
+
+
+def execute_notebook(path: str | Path, output: str | Path, smoke: bool = False, kernel: str = "python3",
+                     cell_timeout: int = 3600) -> Any:
+    """Execute `path` top to bottom with papermill, writing the executed notebook to `output`.
+
+    Runs with the kernel's working directory set to the notebook's folder, as Jupyter does (each
+    notebook moves itself to the repository root). Smoke mode passes ``SMOKE=True`` as a papermill
+    parameter; the notebook file itself is never edited. Returns the executed notebook.
+    """
+    import papermill
+
+    path = Path(path)
+    return papermill.execute_notebook(
+        str(path), str(output), parameters={"SMOKE": True} if smoke else None, kernel_name=kernel,
+        cwd=str(path.parent), progress_bar=False, log_output=False, execution_timeout=cell_timeout,
+        start_timeout=300,
+    )
+
+
+def relative_papermill_metadata(nb: Any, root: str | Path) -> None:
+    """Make papermill's input/output paths in the notebook metadata relative to the repository root."""
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key):
+            try:
+                meta[key] = str(Path(meta[key]).resolve().relative_to(Path(root).resolve()))
+            except ValueError:
+                meta[key] = Path(meta[key]).name

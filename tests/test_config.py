@@ -1,0 +1,214 @@
+"""Run configs: every shipped YAML loads; typos and wrong types fail with a useful message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunebook.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# configs/accelerate/ holds accelerate's own launcher format, not tunebook run configs.
+CONFIG_FILES = sorted(
+    p for p in (REPO_ROOT / "configs").glob("**/*.yaml")
+    if "accelerate" not in p.relative_to(REPO_ROOT / "configs").parts
+)
+
+
+def test_there_are_configs_to_check() -> None:
+    assert CONFIG_FILES, "no YAML run configs found under configs/"
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT / "configs")))
+def test_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)
+    raw = yaml.safe_load(path.read_text())
+    # Every value written in the file made it into the config (nothing ignored or renamed).
+    resolved = config_to_dict(config)
+    for section, values in raw.items():
+        for key, value in (values or {}).items():
+            assert resolved[section][key] == value, f"{path}: {section}.{key}"
+    assert config.train.max_steps > 0
+    assert config.data.recipe in ("instruction", "chat", "classification")
+    # A shipped data path must exist relative to the repository root (where commands run).
+    if config.data.path.startswith("data/"):
+        assert (REPO_ROOT / config.data.path).exists(), f"{path}: data.path {config.data.path} missing"
+
+
+def test_defaults_without_file_content() -> None:
+    config = config_from_dict({})
+    assert config == RunConfig()
+    assert config.train.learning_rate == 2e-4
+    assert config.model.quantization is None
+
+
+def test_missing_config_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no-such.yaml"):
+        load_config(tmp_path / "no-such.yaml")
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    config = apply_overrides(RunConfig(), {"train.max_steps": 7, "lora.target_modules": ["q_proj"],
+                                           "data.columns": {"input": "sentence"}, "model.quantization": "4bit"})
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+
+
+# ---------------------------------------------------------------- unknown keys
+
+def test_unknown_key_suggests_nearest() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"train": {"lerning_rate": 1e-4}})
+    message = str(info.value)
+    assert "train.lerning_rate" in message
+    assert "Did you mean 'learning_rate'?" in message
+
+
+def test_unknown_section_suggests_nearest() -> None:
+    with pytest.raises(ConfigError, match=r"'trian'.*Did you mean 'train'\?"):
+        config_from_dict({"trian": {"max_steps": 3}})
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text("lora:\n  rank: 8\n")
+    with pytest.raises(ConfigError, match=r"lora\.rank.*Valid keys in lora: r, alpha"):
+        load_config(path)
+
+
+def test_unknown_section_in_override_suggests_nearest() -> None:
+    with pytest.raises(ConfigError, match=r"Did you mean 'train'\?"):
+        load_config(REPO_ROOT / "configs/smollm2-135m-instruct/lora.yaml", ["trian.max_steps=1"])
+
+
+def test_unknown_key_in_override_suggests_nearest() -> None:
+    with pytest.raises(ConfigError, match=r"Did you mean 'learning_rate'\?"):
+        apply_overrides(RunConfig(), ["train.lerning_rate=0.001"])
+
+
+@pytest.mark.parametrize("item", ["train.max_steps", "max_steps=3", "train.lora.r=3"])
+def test_malformed_override(item: str) -> None:
+    with pytest.raises(ConfigError):
+        apply_overrides(RunConfig(), [item])
+
+
+# ---------------------------------------------------------------- types
+
+@pytest.mark.parametrize(
+    "values, key, shown",
+    [
+        ({"train": {"max_steps": "ten"}}, "train.max_steps", "'ten'"),
+        ({"train": {"max_steps": 2.5}}, "train.max_steps", "2.5"),
+        ({"train": {"max_steps": True}}, "train.max_steps", "True"),  # bool is not an int here
+        ({"train": {"learning_rate": "fast"}}, "train.learning_rate", "'fast'"),
+        ({"train": {"gradient_checkpointing": "yes"}}, "train.gradient_checkpointing", "'yes'"),
+        ({"data": {"labels": "World"}}, "data.labels", "'World'"),
+        ({"data": {"labels": ["World", 3]}}, "data.labels[1]", "3"),
+        ({"data": {"columns": ["input"]}}, "data.columns", "['input']"),
+        ({"data": {"max_length": "long"}}, "data.max_length", "'long'"),
+        ({"lora": {"target_modules": 5}}, "lora.target_modules", "5"),
+        ({"model": "smollm"}, "model", "'smollm'"),
+    ],
+)
+def test_wrong_type_names_key_and_value(values: dict, key: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(values)
+    message = str(info.value)
+    assert key in message
+    assert shown in message
+
+
+def test_int_accepted_for_float() -> None:
+    config = config_from_dict({"train": {"learning_rate": 1, "weight_decay": 0}})
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert isinstance(config.train.weight_decay, float)
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [("model", "quantization", "3bit"), ("model", "task", "seq2seq"), ("train", "precision", "fp8"),
+     ("data", "recipe", "alpaca"), ("lora", "bias", "some")],
+)
+def test_literal_choices_rejected(section: str, key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({section: {key: value}})
+    assert f"{section}.{key}" in str(info.value)
+    assert repr(value) in str(info.value)
+
+
+def test_literal_error_lists_choices() -> None:
+    with pytest.raises(ConfigError, match=r"'fp8' is not one of 'auto', 'bf16', 'fp16', 'fp32'"):
+        config_from_dict({"train": {"precision": "fp8"}})
+
+
+# ---------------------------------------------------------------- overrides
+
+def test_set_style_overrides_parse_values() -> None:
+    config = apply_overrides(RunConfig(), [
+        "train.max_steps=20",
+        "train.learning_rate=0.0003",
+        "model.quantization=4bit",
+        "train.max_eval_examples=null",
+        "lora.target_modules=[q_proj, v_proj]",
+        "data.labels=[World, Sports]",
+        "train.gradient_checkpointing=true",
+        "data.instruction=Answer briefly = well",  # only the first "=" splits
+    ])
+    assert config.train.max_steps == 20 and isinstance(config.train.max_steps, int)
+    assert config.train.learning_rate == pytest.approx(3e-4)
+    assert config.model.quantization == "4bit"
+    assert config.train.max_eval_examples is None
+    assert config.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.data.labels == ["World", "Sports"]
+    assert config.train.gradient_checkpointing is True
+    assert config.data.instruction == "Answer briefly = well"
+
+
+def test_set_overrides_on_file_are_checked(tmp_path: Path) -> None:
+    path = REPO_ROOT / "configs/smollm2-135m-instruct/lora.yaml"
+    config = load_config(path, ["train.max_steps=3", "lora.r=4", "model.quantization=null"])
+    assert (config.train.max_steps, config.lora.r, config.model.quantization) == (3, 4, None)
+    # Untouched keys keep the file's values.
+    assert config.data.columns == {"input": "sentence", "output": "output"}
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config(path, ["train.max_steps=many"])
+
+
+def test_set_override_float_in_exponent_notation() -> None:
+    config = apply_overrides(RunConfig(), ["train.learning_rate=1e-4"])
+    assert config.train.learning_rate == pytest.approx(1e-4)
+
+
+def test_yaml_file_float_in_exponent_notation(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 5e-5\n")
+    assert load_config(path).train.learning_rate == pytest.approx(5e-5)
+
+
+def test_apply_overrides_with_dict() -> None:
+    base = RunConfig()
+    config = apply_overrides(base, {"train.max_steps": 20, "train.learning_rate": 1e-4,
+                                    "data.max_train_examples": None, "lora.target_modules": ["q_proj"]})
+    assert config.train.max_steps == 20
+    assert config.train.learning_rate == 1e-4
+    assert config.data.max_train_examples is None
+    assert config.lora.target_modules == ["q_proj"]
+    # A copy: the original is unchanged.
+    assert base.train.max_steps == 150 and base.lora.target_modules == "auto"
+
+
+def test_apply_overrides_dict_is_type_checked() -> None:
+    with pytest.raises(ConfigError, match=r"train\.max_steps.*'20'"):
+        apply_overrides(RunConfig(), {"train.max_steps": "20"})
+    with pytest.raises(ConfigError, match=r"'3bit'"):
+        apply_overrides(RunConfig(), {"model.quantization": "3bit"})

@@ -1,0 +1,308 @@
+"""Prompts, token ids and completion-only labels, with the real SmolLM2 tokenizer.
+
+SmolLM2 pads with its end token (pad == eos == <|im_end|>), the setting in which masking pads by
+token id would silently stop the model from learning to end its answers.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+
+from tunebook.config import DataConfig
+from tunebook.formatting import (
+    IGNORE_INDEX,
+    PLAIN_PROMPT_TEMPLATE,
+    CompletionCollator,
+    answer_text,
+    build_prompt,
+    check_labels,
+    drop_overlong,
+    encode_prompt,
+    end_token_id,
+    length_stats,
+    prompt_messages,
+    show_trained_tokens,
+    suggest_max_length,
+    tokenize_dataset,
+    tokenize_example,
+    trained_segments,
+)
+
+INSTRUCTION = DataConfig(recipe="instruction")
+CHAT = DataConfig(recipe="chat")
+EXAMPLE = {"instruction": "What is the capital of France?", "input": "Answer in one sentence.",
+           "output": "The capital of France is Paris."}
+CHAT_EXAMPLE = {"messages": [
+    {"role": "system", "content": "You answer geography questions."},
+    {"role": "user", "content": "Capital of Spain?"},
+    {"role": "assistant", "content": "Madrid."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "The capital of Italy is Rome."},
+]}
+
+
+@pytest.fixture(scope="module")
+def plain_tokenizer(smollm_tokenizer):
+    """The same tokenizer without a chat template (as a base model would ship)."""
+    tokenizer = copy.deepcopy(smollm_tokenizer)
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+def trained_ids(result: dict) -> list[int]:
+    return [tok for tok, lab in zip(result["input_ids"], result["labels"]) if lab != IGNORE_INDEX]
+
+
+def n_masked(result: dict) -> int:
+    return sum(lab == IGNORE_INDEX for lab in result["labels"])
+
+
+def test_smollm_pads_with_its_end_token(smollm_tokenizer) -> None:
+    tok = smollm_tokenizer
+    assert tok.pad_token_id == tok.eos_token_id == end_token_id(tok)
+    assert tok.eos_token == "<|im_end|>"
+    assert tok.chat_template  # instruction-tuned: prompts go through its chat template
+
+
+# ---------------------------------------------------------------- completion-only labels
+
+@pytest.mark.parametrize("tokenizer_name", ["smollm_tokenizer", "plain_tokenizer"])
+def test_instruction_trains_exactly_answer_and_end(request, tokenizer_name: str) -> None:
+    tok = request.getfixturevalue(tokenizer_name)
+    result = tokenize_example(EXAMPLE, tok, INSTRUCTION)
+    assert len(result["input_ids"]) == len(result["labels"]) == result["length"]
+    assert tok.decode(trained_ids(result)) == EXAMPLE["output"] + tok.eos_token
+    # Trained labels are the tokens themselves, at their own positions (the model shifts them).
+    masked = n_masked(result)
+    assert result["labels"][:masked] == [IGNORE_INDEX] * masked
+    assert result["labels"][masked:] == result["input_ids"][masked:]
+    assert result["labels"][-1] == tok.eos_token_id
+
+
+def test_instruction_without_input_and_with_fixed_instruction(smollm_tokenizer) -> None:
+    config = DataConfig(recipe="instruction", instruction="Extract the entities.")
+    example = {"input": "Ada Lovelace visited Paris.", "output": '{"person": ["Ada Lovelace"]}'}
+    result = tokenize_example(example, smollm_tokenizer, config)
+    assert smollm_tokenizer.decode(trained_ids(result)) == example["output"] + "<|im_end|>"
+    prompt = smollm_tokenizer.decode(result["input_ids"][:n_masked(result)])
+    assert "Extract the entities.\n\nAda Lovelace visited Paris." in prompt
+    # An empty input adds no blank block.
+    no_input = prompt_messages({"instruction": "Say hi.", "input": "", "output": "Hi"}, INSTRUCTION)
+    assert no_input == [{"role": "user", "content": "Say hi."}]
+
+
+def test_chat_trains_only_the_last_assistant_turn(smollm_tokenizer) -> None:
+    tok = smollm_tokenizer
+    result = tokenize_example(CHAT_EXAMPLE, tok, CHAT)
+    assert tok.decode(trained_ids(result)) == "The capital of Italy is Rome.<|im_end|>"
+    prompt = tok.decode(result["input_ids"][:n_masked(result)])
+    # Earlier turns are context (masked), including the earlier assistant answer and the data's
+    # own system prompt (which replaces the template's default one).
+    assert "Madrid." in prompt and "You answer geography questions." in prompt
+    assert "SmolLM" not in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_training_tokens_match_the_chat_template_of_the_whole_conversation(smollm_tokenizer) -> None:
+    # Tokenizing prompt and answer separately must give the same ids as the chat template applied
+    # to the full conversation (which ends the turn with "<|im_end|>\n"; the "\n" is not trained).
+    tok = smollm_tokenizer
+    result = tokenize_example(CHAT_EXAMPLE, tok, CHAT)
+    full = tok.apply_chat_template(CHAT_EXAMPLE["messages"], tokenize=False)
+    full_ids = tok(full, add_special_tokens=False)["input_ids"]
+    assert full_ids[:len(result["input_ids"])] == result["input_ids"]
+    assert tok.decode(full_ids[len(result["input_ids"]):]) == "\n"
+
+
+def test_system_prompt_from_config(smollm_tokenizer) -> None:
+    config = DataConfig(recipe="instruction", system_prompt="Answer in French.")
+    messages = prompt_messages(EXAMPLE, config)
+    assert messages[0] == {"role": "system", "content": "Answer in French."}
+    prompt = build_prompt(smollm_tokenizer, messages)
+    assert "Answer in French." in prompt and "SmolLM" not in prompt
+    # A chat example that brings its own system prompt keeps it.
+    chat_config = DataConfig(recipe="chat", system_prompt="Answer in French.")
+    assert prompt_messages(CHAT_EXAMPLE, chat_config) == CHAT_EXAMPLE["messages"][:-1]
+
+
+def test_chat_row_with_only_an_assistant_turn_and_system_prompt(smollm_tokenizer) -> None:
+    config = DataConfig(recipe="chat", system_prompt="Be brief.")
+    example = {"messages": [{"role": "assistant", "content": "Hello there."}]}
+    result = tokenize_example(example, smollm_tokenizer, config)
+    assert smollm_tokenizer.decode(trained_ids(result)) == "Hello there.<|im_end|>"
+
+
+def test_answer_text() -> None:
+    assert answer_text(EXAMPLE, INSTRUCTION) == EXAMPLE["output"]
+    assert answer_text(CHAT_EXAMPLE, CHAT) == "The capital of Italy is Rome."
+
+
+@pytest.mark.parametrize("example, config", [(EXAMPLE, INSTRUCTION), (CHAT_EXAMPLE, CHAT)])
+@pytest.mark.parametrize("tokenizer_name", ["smollm_tokenizer", "plain_tokenizer"])
+def test_training_prompt_equals_inference_prompt(request, tokenizer_name, example, config) -> None:
+    tok = request.getfixturevalue(tokenizer_name)
+    result = tokenize_example(example, tok, config)
+    inference_ids = encode_prompt(tok, build_prompt(tok, prompt_messages(example, config)))
+    assert result["input_ids"][:len(inference_ids)] == inference_ids
+    assert n_masked(result) == len(inference_ids)
+
+
+def test_plain_template_without_chat_template(plain_tokenizer) -> None:
+    config = DataConfig(recipe="instruction", system_prompt="Be brief.")
+    prompt = build_prompt(plain_tokenizer, prompt_messages(EXAMPLE, config))
+    assert prompt == PLAIN_PROMPT_TEMPLATE.format(
+        instruction="Be brief.\n\nWhat is the capital of France?\n\nAnswer in one sentence.", input_block="")
+    assert prompt.startswith("### Instruction:\n") and prompt.endswith("### Response:\n")
+    assert "<|im_start|>" not in prompt
+    result = tokenize_example(EXAMPLE, plain_tokenizer, config)
+    assert plain_tokenizer.decode(result["input_ids"]) == prompt + EXAMPLE["output"] + "<|im_end|>"
+
+
+def test_end_token_required(plain_tokenizer) -> None:
+    tok = copy.deepcopy(plain_tokenizer)
+    tok.eos_token = None
+    with pytest.raises(ValueError, match="no eos_token"):
+        end_token_id(tok)
+
+
+# ---------------------------------------------------------------- padding
+
+def test_collator_pads_but_keeps_the_real_end_token_trained(smollm_tokenizer) -> None:
+    tok = smollm_tokenizer
+    short = tokenize_example({"instruction": "Hi?", "input": "", "output": "Hello."}, tok, INSTRUCTION)
+    long = tokenize_example(EXAMPLE, tok, INSTRUCTION)
+    batch = CompletionCollator(tok)([short, long])
+    width = batch["input_ids"].shape[1]
+    assert width % 8 == 0 and width >= len(long["input_ids"]) and width - len(long["input_ids"]) < 8
+    for row, example in enumerate([short, long]):
+        n = len(example["input_ids"])
+        ids, mask, labels = (batch[k][row].tolist() for k in ("input_ids", "attention_mask", "labels"))
+        assert ids[:n] == example["input_ids"] and labels[:n] == example["labels"]
+        assert mask == [1] * n + [0] * (width - n)
+        # Padding reuses the end token's id ...
+        assert ids[n:] == [tok.pad_token_id] * (width - n)
+        assert labels[n:] == [IGNORE_INDEX] * (width - n)
+        # ... yet the real end token (the last real position) is still trained, exactly once.
+        assert labels[n - 1] == tok.eos_token_id
+        assert sum(lab == tok.eos_token_id for lab in labels) == 1
+    assert (batch["input_ids"][0] == tok.eos_token_id).sum() > 1  # a pad-by-id mask would hit it
+    assert all(t.dtype == torch.long for t in batch.values())
+
+
+def test_collator_fixed_length(smollm_tokenizer) -> None:
+    example = tokenize_example(EXAMPLE, smollm_tokenizer, INSTRUCTION)
+    batch = CompletionCollator(smollm_tokenizer, pad_to_length=200)([example])
+    assert batch["input_ids"].shape == (1, 200)
+    assert int(batch["attention_mask"].sum()) == len(example["input_ids"])
+
+
+# ---------------------------------------------------------------- label checks
+
+def test_check_labels_accepts_good_labels(smollm_tokenizer) -> None:
+    result = tokenize_example(EXAMPLE, smollm_tokenizer, INSTRUCTION)
+    check_labels(result["input_ids"], result["labels"], smollm_tokenizer.eos_token_id)
+
+
+def test_check_labels_all_masked() -> None:
+    with pytest.raises(ValueError, match="train example 3: every label is -100"):
+        check_labels([5, 6, 7], [IGNORE_INDEX] * 3, end_id=2, where="train example 3: ")
+
+
+def test_check_labels_untrained_end_token() -> None:
+    # The answer is trained but the end token is masked (what masking pads by id does).
+    with pytest.raises(ValueError, match=r"end token \(id 2\) is not trained"):
+        check_labels([5, 6, 7, 2], [IGNORE_INDEX, 6, 7, IGNORE_INDEX], end_id=2)
+
+
+def test_check_labels_length_mismatch() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        check_labels([5, 6, 7, 2], [IGNORE_INDEX, 2], end_id=2)
+
+
+# ---------------------------------------------------------------- lengths
+
+def _tokenized(lengths: dict[str, list[int]]) -> DatasetDict:
+    return DatasetDict({s: Dataset.from_dict({"length": ls, "idx": list(range(len(ls)))})
+                        for s, ls in lengths.items()})
+
+
+def test_drop_overlong_counts_and_drops(capsys: pytest.CaptureFixture) -> None:
+    data = drop_overlong(_tokenized({"train": [3, 10, 8, 12, 5], "test": [4, 4]}), max_length=8)
+    assert data["train"]["idx"] == [0, 2, 4]
+    assert data["test"]["idx"] == [0, 1]
+    out = capsys.readouterr().out
+    assert "2 of 5 train examples are longer than max_length=8" in out
+    assert "test examples" not in out
+
+
+def test_drop_overlong_everything_too_long() -> None:
+    with pytest.raises(ValueError, match="Every validation example is longer than max_length=4"):
+        drop_overlong(_tokenized({"validation": [5, 6]}), max_length=4)
+
+
+def test_tokenize_dataset_applies_max_length(smollm_tokenizer, capsys: pytest.CaptureFixture) -> None:
+    rows = [{"instruction": "Q?", "input": "", "output": "word " * n} for n in (1, 2, 40)]
+    data = DatasetDict(train=Dataset.from_list(rows))
+    lengths = tokenize_dataset(data, smollm_tokenizer, INSTRUCTION)["train"]["length"]
+    cut = sorted(lengths)[1]
+    config = DataConfig(recipe="instruction", max_length=cut)
+    kept = tokenize_dataset(data, smollm_tokenizer, config)["train"]
+    assert kept["length"] == [n for n in lengths if n <= cut] and len(kept) == 2
+    assert "1 of 3 train examples" in capsys.readouterr().out
+    assert set(kept.column_names) == {"input_ids", "labels", "length"}
+
+
+def test_tokenize_dataset_classification(smollm_tokenizer) -> None:
+    data = DatasetDict(train=Dataset.from_list([{"text": "Goal in the final minute.", "label": "Sports"},
+                                                {"text": "Shares fell. " * 50, "label": "Business"}]))
+    config = DataConfig(recipe="classification", max_length=16)
+    out = tokenize_dataset(data, smollm_tokenizer, config, ["World", "Sports", "Business"])["train"]
+    assert out["label"] == [1, 2]
+    assert out["length"][1] == 16 and len(out["input_ids"][1]) == 16  # truncated, not dropped
+    assert "labels" not in out.column_names
+
+
+def test_length_stats() -> None:
+    lengths = list(range(1, 101))
+    stats = length_stats(lengths, max_length=90)
+    assert stats["p50"] == pytest.approx(50.5)
+    assert stats["p90"] == pytest.approx(90.1)
+    assert stats["p99"] == pytest.approx(99.01)
+    assert (stats["count"], stats["min"], stats["max"]) == (100, 1, 100)
+    assert stats["mean"] == pytest.approx(50.5)
+    assert stats["over_max_length"] == 10 and stats["max_length"] == 90
+    assert "over_max_length" not in length_stats(np.array([3, 4]))
+
+
+@pytest.mark.parametrize("lengths, multiple, expected",
+                         [([5, 17], 8, 24), ([16, 3], 8, 16), ([1], 8, 8), ([17], 1, 17), ([100], 64, 128)])
+def test_suggest_max_length(lengths, multiple, expected) -> None:
+    assert suggest_max_length(lengths, multiple) == expected
+
+
+# ---------------------------------------------------------------- showing what is trained
+
+def test_show_trained_tokens_marks_exactly_the_answer(smollm_tokenizer) -> None:
+    tok = smollm_tokenizer
+    result = tokenize_example(EXAMPLE, tok, INSTRUCTION)
+    prompt = build_prompt(tok, prompt_messages(EXAMPLE, INSTRUCTION))
+    shown = show_trained_tokens(result["input_ids"], result["labels"], tok)
+    assert shown == f"{prompt}⟦{EXAMPLE['output']}<|im_end|>⟧"
+    assert trained_segments(result["input_ids"], result["labels"], tok) == [
+        (prompt, False), (EXAMPLE["output"] + "<|im_end|>", True)]
+
+
+def test_show_trained_tokens_html_escapes(smollm_tokenizer) -> None:
+    tok = smollm_tokenizer
+    example = {"instruction": "Write <b>bold</b>", "input": "", "output": "Use <b> & </b>."}
+    result = tokenize_example(example, tok, INSTRUCTION)
+    shown = show_trained_tokens(result["input_ids"], result["labels"], tok, as_html=True)
+    assert shown.startswith('<pre style="white-space:pre-wrap">') and shown.endswith("</pre>")
+    assert '<span style="background:#b7f5b0">Use &lt;b&gt; &amp; &lt;/b&gt;.&lt;|im_end|&gt;</span>' in shown
+    assert shown.count("background:#b7f5b0") == 1
+    assert "<b>" not in shown

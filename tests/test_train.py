@@ -1,0 +1,317 @@
+"""Training runs end to end on a tiny random Llama (saved to a folder and loaded by path), and the CLI.
+
+Each run is 4 optimizer steps on 24 examples: a few seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import REPO_ROOT, make_tiny_llama, write_rows
+from tunebook import cli
+from tunebook.config import RunConfig, apply_overrides, save_config
+from tunebook.train import TrainingDiverged, run_training
+
+RUN_FILES = ["adapter/adapter_model.safetensors", "adapter/adapter_config.json", "config.yaml",
+             "environment.json", "metrics.json", "loss_curve.png", "length_histogram.png"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
+    """A tiny random Llama plus the SmolLM2 tokenizer, saved like any local model folder."""
+    tok = smollm_tokenizer
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    make_tiny_llama(len(tok), seed=0, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                    eos_token_id=tok.eos_token_id).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nan_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
+    """The same tiny Llama with a NaN in its final norm: the very first loss is NaN."""
+    tok = smollm_tokenizer
+    model = make_tiny_llama(len(tok), seed=0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    path = tmp_path_factory.mktemp("models") / "nan-llama"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    rows = [{"instruction": f"What is {i} plus {i}?", "input": "" if i % 3 else f"Show work for {i}.",
+             "output": f"{i} plus {i} is {2 * i}."} for i in range(30)]
+    return write_rows(tmp_path_factory.mktemp("data") / "train.jsonl", rows)
+
+
+def make_config(model_dir: Path, data: Path, output_dir: Path, **overrides) -> RunConfig:
+    values = {
+        "model.name": str(model_dir),
+        "data.path": str(data),
+        "data.seed": 0,
+        "lora.r": 4,
+        "lora.alpha": 8,
+        "train.output_dir": str(output_dir),
+        "train.max_steps": 4,
+        "train.per_device_batch_size": 4,
+        "train.learning_rate": 1e-3,
+        "train.warmup_ratio": 0.0,
+        "train.precision": "fp32",
+        "train.logging_steps": 1,
+        "train.eval_steps": 2,
+        "train.save_steps": 2,
+        "train.max_eval_examples": None,
+        "train.seed": 7,
+    }
+    values.update(overrides)
+    return apply_overrides(RunConfig(), values)
+
+
+def losses(metrics: dict) -> list[float]:
+    return [entry["loss"] for entry in metrics["train_loss"]]
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_model_dir, tiny_dataset, tmp_path_factory):
+    """One uninterrupted 4-step run, shared by the tests that inspect its folder."""
+    config = make_config(tiny_model_dir, tiny_dataset, tmp_path_factory.mktemp("runs") / "first")
+    return config, run_training(config)
+
+
+def test_run_folder_contents(first_run) -> None:
+    config, result = first_run
+    run_dir = Path(config.train.output_dir)
+    assert result.run_dir == run_dir and result.adapter_dir == run_dir / "adapter"
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    # Images are real PNGs, not empty files.
+    for image in ("loss_curve.png", "length_histogram.png"):
+        assert (run_dir / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The saved config is the resolved one.
+    from tunebook.config import load_config
+
+    assert load_config(run_dir / "config.yaml") == config
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["torch"] == importlib.metadata.version("torch")
+    assert environment["cuda_available"] is torch.cuda.is_available()
+
+
+def test_adapter_holds_only_lora_weights(first_run) -> None:
+    config, result = first_run
+    with safe_open(str(result.adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    # 7 projections x 2 layers x (A, B); no base weights, no embeddings.
+    assert len(keys) == 28
+    assert all("lora_A" in k or "lora_B" in k for k in keys), keys
+    adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 4 and adapter_config["lora_alpha"] == 8
+    assert sorted(adapter_config["target_modules"]) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def test_metrics_file(first_run) -> None:
+    config, result = first_run
+    metrics = json.loads((Path(config.train.output_dir) / "metrics.json").read_text())
+    assert [e["step"] for e in metrics["train_loss"]] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(loss)) and loss > 0 for loss in losses(metrics))
+    assert [e["step"] for e in metrics["eval_loss"]] == [2, 4]
+    assert metrics["global_step"] == 4
+    assert metrics["final_train_loss"] == metrics["train_loss"][-1]["loss"]
+    assert metrics["final_eval_loss"] == metrics["eval_loss"][-1]["eval_loss"]
+    # 4 steps x batch 4: every trained token is a real (non-padding) token.
+    assert 0 < metrics["trained_tokens"] < metrics["input_tokens"]
+    assert metrics["decisions"]["precision"].startswith("fp32: ")
+    assert metrics["length_stats"]["count"] == 24  # 30 rows minus 10% validation, 10% test
+    assert metrics == json.loads(json.dumps(result.metrics, default=str))
+
+
+def test_training_lowers_the_loss(first_run) -> None:
+    _, result = first_run
+    eval_losses = [e["eval_loss"] for e in result.metrics["eval_loss"]]
+    assert eval_losses[-1] < eval_losses[0]
+
+
+def test_same_seed_same_losses(first_run, tiny_model_dir, tiny_dataset, tmp_path) -> None:
+    config, result = first_run
+    again = run_training(make_config(tiny_model_dir, tiny_dataset, tmp_path / "again"))
+    assert losses(again.metrics) == losses(result.metrics)
+    assert again.metrics["eval_loss"] == result.metrics["eval_loss"]
+    # The seed matters (adapter init, dropout, data order), so equality above is not vacuous.
+    other = run_training(make_config(tiny_model_dir, tiny_dataset, tmp_path / "other", **{"train.seed": 8}))
+    assert losses(other.metrics) != losses(result.metrics)
+
+
+def test_resume_continues_exactly(first_run, tmp_path) -> None:
+    config, result = first_run
+    # Copy the finished run, then make it look as if it had stopped after step 2.
+    run_dir = tmp_path / "interrupted"
+    shutil.copytree(config.train.output_dir, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(run_dir / "adapter")
+    (run_dir / "metrics.json").unlink()
+    config_path = tmp_path / "resume.yaml"
+    save_config(apply_overrides(config, {"train.output_dir": str(run_dir)}), config_path)
+
+    assert cli.main(["train", str(config_path), "--resume"]) == 0
+
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["step"] for e in resumed["train_loss"]] == [1, 2, 3, 4]
+    assert losses(resumed) == pytest.approx(losses(result.metrics), abs=1e-4)
+    assert resumed["final_train_loss"] == pytest.approx(result.metrics["final_train_loss"], abs=1e-4)
+    # It really resumed: this process trained only steps 3-4 (about half the tokens of steps 1-4).
+    assert resumed["global_step"] == 4
+    assert 0.3 < resumed["trained_tokens"] / result.metrics["trained_tokens"] < 0.7
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    with safe_open(str(run_dir / "adapter" / "adapter_model.safetensors"), framework="pt") as f, \
+            safe_open(str(result.adapter_dir / "adapter_model.safetensors"), framework="pt") as g:
+        for key in f.keys():
+            torch.testing.assert_close(f.get_tensor(key), g.get_tensor(key), atol=1e-5, rtol=1e-4)
+
+
+def test_resume_without_checkpoint(tiny_model_dir, tiny_dataset, tmp_path) -> None:
+    config = make_config(tiny_model_dir, tiny_dataset, tmp_path / "never-ran")
+    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint in .*never-ran"):
+        run_training(config, resume=True)
+    assert not (tmp_path / "never-ran").exists()  # failed before creating anything
+
+
+def test_nan_loss_stops_training(nan_model_dir, tiny_dataset, tmp_path) -> None:
+    config = make_config(nan_model_dir, tiny_dataset, tmp_path / "nan")
+    with pytest.raises(TrainingDiverged) as info:
+        run_training(config)
+    message = str(info.value)
+    assert "Loss became nan at step 1" in message
+    assert "train.learning_rate" in message and "--resume" in message
+    assert not (tmp_path / "nan" / "adapter").exists()
+
+
+def test_bad_data_fails_before_the_model_loads(tiny_model_dir, tmp_data, tmp_path, monkeypatch) -> None:
+    from tunebook import train
+    from tunebook.data import DataValidationError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(train, "load_model", no_model)
+    bad = tmp_data([{"instruction": f"Q{i}", "output": "" if i == 4 else "A"} for i in range(10)])
+    config = make_config(tiny_model_dir, bad, tmp_path / "bad")
+    with pytest.raises(DataValidationError, match="row 5, field 'output'"):
+        run_training(config)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT classifier (3 labels) with the MiniLM tokenizer, saved to a folder."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tunebook.models import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm-l6")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=3))
+    path = tmp_path_factory.mktemp("models") / "tiny-bert"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def topics_dataset(tmp_path_factory) -> Path:
+    rows = [{"text": f"{label} story number {i}" + " more" * (i % 5), "label": label}
+            for i in range(10) for label in ("World", "Sports", "Business")]
+    return write_rows(tmp_path_factory.mktemp("data") / "topics.jsonl", rows)
+
+
+def classification_config(model_dir: Path, data: Path, output_dir: Path, **overrides) -> RunConfig:
+    values = {"model.task": "sequence-classification", "data.recipe": "classification",
+              "data.labels": ["World", "Sports", "Business"], "train.max_steps": 3}
+    values.update(overrides)
+    return make_config(model_dir, data, output_dir, **values)
+
+
+def test_classification_run_saves_adapter_and_head(tiny_classifier_dir, topics_dataset, tmp_path) -> None:
+    result = run_training(classification_config(tiny_classifier_dir, topics_dataset, tmp_path / "cls"))
+    with safe_open(str(result.adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert {k for k in keys if "lora_" not in k} == {"base_model.model.classifier.weight",
+                                                     "base_model.model.classifier.bias"}
+    assert any("lora_A" in k for k in keys)
+    assert [e["step"] for e in result.metrics["train_loss"]] == [1, 2, 3]
+    assert result.metrics["input_tokens"] > 0
+
+
+def test_bf16_run_keeps_trained_head_in_fp32(tiny_classifier_dir, topics_dataset, tmp_path) -> None:
+    config = classification_config(tiny_classifier_dir, topics_dataset, tmp_path / "bf16",
+                                   **{"train.precision": "bf16", "train.max_steps": 1})
+    result = run_training(config)
+    with safe_open(str(result.adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    not_fp32 = {k: d for k, d in dtypes.items() if d != torch.float32}
+    assert not not_fp32, not_fp32
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_env_prints_versions() -> None:
+    out = subprocess.run([sys.executable, "-m", "tunebook", "env"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split(None, 1)[1].strip() for line in out.stdout.splitlines() if line.strip()}
+    for package in ("torch", "transformers", "peft", "datasets", "bitsandbytes"):
+        assert lines[package] == importlib.metadata.version(package)
+    assert lines["device"].startswith(("cpu: ", "cuda: "))
+    assert lines["precision"].split(":")[0] in ("bf16", "fp16", "fp32")
+
+
+def test_cli_config_typo_exits_2_with_suggestion(capsys) -> None:
+    config = str(REPO_ROOT / "configs/smollm2-135m-instruct/lora.yaml")
+    assert cli.main(["train", config, "--set", "trian.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunebook: config error:")
+    assert "Did you mean 'train'?" in err
+    assert cli.main(["train", config, "--set", "train.lerning_rate=0.001"]) == 2
+    assert "Did you mean 'learning_rate'?" in capsys.readouterr().err
+
+
+def test_cli_missing_config_exits_2(capsys, tmp_path) -> None:
+    assert cli.main(["prepare", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_cli_resume_without_checkpoint_raises(tiny_model_dir, tiny_dataset, tmp_path) -> None:
+    config_path = tmp_path / "c.yaml"
+    save_config(make_config(tiny_model_dir, tiny_dataset, tmp_path / "run"), config_path)
+    with pytest.raises(FileNotFoundError):
+        cli.main(["train", str(config_path), "--resume"])
+
+
+def test_cli_prepare_writes_dataset_and_stats(tiny_model_dir, tiny_dataset, tmp_path, capsys) -> None:
+    config_path = tmp_path / "c.yaml"
+    save_config(make_config(tiny_model_dir, tiny_dataset, tmp_path / "run"), config_path)
+    assert cli.main(["prepare", str(config_path), "--out", str(tmp_path / "prepared")]) == 0
+    stats = json.loads((tmp_path / "prepared" / "stats.json").read_text())
+    assert stats["validation"]["split_sizes"] == {"train": 24, "validation": 3, "test": 3}
+    assert stats["train_token_lengths"]["count"] == 24
+    assert stats["train_token_lengths"]["over_max_length"] == 0  # max_length null: fits the longest
+    assert (tmp_path / "prepared" / "length_histogram.png").is_file()
+    from datasets import load_from_disk
+
+    saved = load_from_disk(str(tmp_path / "prepared" / "dataset"))
+    assert sorted(saved) == ["test", "train", "validation"]
+    assert set(saved["train"].column_names) == {"input_ids", "labels", "length"}
+    assert "written to" in capsys.readouterr().out
