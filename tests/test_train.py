@@ -315,3 +315,24 @@ def test_cli_prepare_writes_dataset_and_stats(tiny_model_dir, tiny_dataset, tmp_
     assert sorted(saved) == ["test", "train", "validation"]
     assert set(saved["train"].column_names) == {"input_ids", "labels", "length"}
     assert "written to" in capsys.readouterr().out
+
+
+def test_own_csv_with_other_column_names_trains_by_config_only(tiny_model_dir, tmp_path) -> None:
+    """A user's CSV (question/context/reply columns) trains with nothing changed but data.columns."""
+    import csv
+
+    path = tmp_path / "tickets.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["ticket_id", "question", "context", "reply"])
+        writer.writeheader()
+        for i in range(30):
+            writer.writerow({"ticket_id": i, "question": f"How do I reset device {i}?",
+                             "context": "" if i % 2 else f"Model R{i}", "reply": f"Hold the button for {i} seconds."})
+    config = make_config(tiny_model_dir, path, tmp_path / "run", **{
+        "data.columns": {"instruction": "question", "input": "context", "output": "reply"},
+        "train.max_steps": 2, "train.save_steps": 2, "train.eval_steps": 2})
+    result = run_training(config)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 2
+    assert metrics["trained_tokens"] > 0
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
