@@ -142,3 +142,13 @@ def test_bare_parameter_counts(name):
 def test_unknown_name_is_a_clear_error():
     with pytest.raises(UnknownModelName, match="preset"):
         shape_from_name("definitely-not-a-model")
+
+
+def test_cli_estimate_prints_breakdown(capsys) -> None:
+    from tunebook import cli
+
+    assert cli.main(["estimate", "--model", "7b", "--method", "qlora-4bit", "--seq-len", "2048",
+                     "--gradient-checkpointing"]) == 0
+    out = capsys.readouterr().out
+    assert "7b (6.74B parameters), training" in out
+    assert "qlora-4bit:" in out and "weights" in out and "GiB" in out

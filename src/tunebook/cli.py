@@ -63,14 +63,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from .memory import estimate_memory, format_estimate, shape_from_name
+    from .memory import estimate_memory, shape_from_name
 
     shape = shape_from_name(args.model)
     estimate = estimate_memory(shape, args.method, batch_size=args.batch_size, seq_len=args.seq_len,
                                gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r,
                                inference=args.inference)
-    print(format_estimate(estimate, title=f"{args.model}, {args.method}, batch {args.batch_size} x "
-                                          f"{args.seq_len} tokens"))
+    what = "inference" if args.inference else "training"
+    print(f"{args.model} ({shape.num_parameters / 1e9:.2f}B parameters), {what}, batch {args.batch_size} x "
+          f"{args.seq_len} tokens, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
+    print(estimate.breakdown())
     return 0
 
 

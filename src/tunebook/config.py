@@ -100,7 +100,8 @@ class TrainConfig:
     # "auto" picks bf16 where the device supports it, else fp16 on CUDA, else fp32 (printed).
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # Trades ~30% more compute for much less activation memory; needed for 7B models on one GPU.
-    gradient_checkpointing: bool = False
+    # "auto": on for 7B-class models (>= 5B parameters), off below; the decision is printed.
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
     # Batches similar lengths together so that dynamic padding wastes little compute.
     group_by_length: bool = True
     # None: dynamic padding (to the longest example in each batch). An int pads every causal-LM
