@@ -34,7 +34,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 from .config import RunConfig, save_config
 from .environment import Decision, choose_device, choose_precision, environment_report
 from .formatting import CompletionCollator
-from .lora import apply_lora
+from .lora import apply_lora, count_parameters
 from .models import load_model, load_tokenizer
 from .plots import plot_loss_curve
 from .prepare import prepare_tokenized
@@ -65,7 +65,8 @@ class TunebookTrainer(Trainer):
         self.trained_tokens = 0  # labels != -100 (what the loss sees)
         self.input_tokens = 0  # non-padding tokens the forward pass processes
         self.padded_tokens = 0  # every position the forward pass computes, padding included
-        self.batch_shapes: list[tuple[int, int]] = []  # (rows, width) of each micro-batch, this process
+        # Per micro-batch in this process: rows, padded width, trained tokens, time.perf_counter() at its end.
+        self.batch_log: list[dict] = []
         self.micro_batches = 0  # in this process, this run (a resumed run counts from the resume)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -78,12 +79,16 @@ class TunebookTrainer(Trainer):
                 "Checkpoints before this step are kept; --resume continues from the last one."
             )
         labels = inputs.get("labels")
+        trained = 0
         if labels is not None and labels.dim() > 1:  # causal LM; classification labels are one per row
-            self.trained_tokens += int((labels != -100).sum())
+            trained = int((labels != -100).sum())
+            self.trained_tokens += trained
         mask = inputs.get("attention_mask")
         self.input_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         self.padded_tokens += inputs["input_ids"].numel()
-        self.batch_shapes.append(tuple(inputs["input_ids"].shape))
+        rows, width = inputs["input_ids"].shape[:2]
+        self.batch_log.append({"rows": rows, "width": width, "trained_tokens": trained,
+                               "end": time.perf_counter()})
         return loss
 
 
@@ -93,6 +98,26 @@ def choose_optimizer(config: RunConfig, device: str) -> Decision:
     if config.model.quantization == "4bit" and device == "cuda":
         return Decision("paged_adamw_8bit", "QLoRA on CUDA: paged 8-bit AdamW absorbs memory spikes")
     return Decision("adamw_torch", "AdamW; adapter optimizer state is small, nothing to page")
+
+
+# "7B-class": Llama-2-7B has 6.7B parameters, Mistral-7B 7.2B, Llama-3-8B 8.0B; 3B models and
+# smaller train at ordinary lengths without it.
+CHECKPOINTING_MIN_PARAMETERS = 5e9
+
+
+def choose_gradient_checkpointing(setting: bool | str, num_parameters: int) -> Decision:
+    """Gradient checkpointing on or off; "auto" turns it on for 7B-class models and larger."""
+    if setting != "auto":
+        return Decision(f"gradient checkpointing {'on' if setting else 'off'}",
+                        "asked for in the config (train.gradient_checkpointing)")
+    size = f"{num_parameters / 1e9:.2g}B parameters"
+    if num_parameters >= CHECKPOINTING_MIN_PARAMETERS:
+        return Decision("gradient checkpointing on",
+                        f"{size} (7B-class): activations saved for backward rival the weights "
+                        "(Llama-3-8B, 2,048 tokens: 12.3 GiB without, 0.9 GiB with); ~30% more compute")
+    return Decision("gradient checkpointing off",
+                    f"{size}, under {CHECKPOINTING_MIN_PARAMETERS / 1e9:.0f}B: it would add ~30% compute "
+                    "(set train.gradient_checkpointing: true for very long sequences)")
 
 
 def frozen_weight_dtype(precision: str) -> torch.dtype:
@@ -165,7 +190,10 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
 
     # Data first: a bad file fails here in seconds, before minutes of model loading.
     tokenizer = load_tokenizer(config.model.name, config.model.trust_remote_code)
-    prepared = prepare_tokenized(config, tokenizer, run_dir / "length_histogram.png")
+    # Under `accelerate launch` every rank prepares the data; only the main one draws the histogram
+    # (two processes writing one PNG can leave it corrupt).
+    main_process = int(os.environ.get("RANK", 0)) == 0
+    prepared = prepare_tokenized(config, tokenizer, run_dir / "length_histogram.png" if main_process else None)
     tokenized, stats, labels = prepared.tokenized, prepared.stats, prepared.labels
     classification = config.data.recipe == "classification"
     say(f"data: {prepared.report['split_sizes']}; train tokens per example: p50={stats['p50']:.0f} "
@@ -181,8 +209,11 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
     model = load_model(config.model.name, config.model.task, quantization=config.model.quantization,
                        dtype=frozen_weight_dtype(precision.value), label_names=labels,
                        trust_remote_code=config.model.trust_remote_code)
-    model = apply_lora(model, config.lora, config.model.task, config.train.gradient_checkpointing,
-                       verbose=int(os.environ.get("RANK", 0)) == 0)
+    checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing,
+                                                  count_parameters(model)[1])
+    say(str(checkpointing))
+    model = apply_lora(model, config.lora, config.model.task, checkpointing.value.endswith(" on"),
+                       verbose=main_process)
     eval_data = tokenized["validation"]
     if config.train.max_eval_examples is not None:
         eval_data = eval_data.select(range(min(config.train.max_eval_examples, len(eval_data))))
@@ -201,10 +232,15 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
     runtime = time.perf_counter() - start
 
     adapter_dir = run_dir / "adapter"
-    metrics = collect_metrics(trainer, runtime, device.value, stats)
-    metrics["decisions"] = {"device": str(device), "precision": str(precision), "optimizer": str(optim)}
+    metrics = collect_metrics(trainer, runtime, device.value, stats, start)
+    metrics["decisions"] = {"device": str(device), "precision": str(precision), "optimizer": str(optim),
+                            "gradient_checkpointing": str(checkpointing)}
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if sharded:  # every rank holds a shard of the adapter: all of them take part in gathering it
+        save_sharded_adapter(trainer, adapter_dir)
     if trainer.is_world_process_zero():
-        save_adapter(trainer.model, adapter_dir)
+        if not sharded:
+            save_adapter(trainer.model, adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
         save_config(config, run_dir / "config.yaml")
         write_json(run_dir / "environment.json", environment_report())
@@ -218,7 +254,8 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
     return TrainResult(run_dir, adapter_dir, metrics)
 
 
-def collect_metrics(trainer: TunebookTrainer, runtime: float, device: str, stats: dict) -> dict:
+def collect_metrics(trainer: TunebookTrainer, runtime: float, device: str, stats: dict,
+                    start: float = 0.0) -> dict:
     """Numbers that describe the run (summed over processes under `accelerate launch`)."""
     counts = torch.tensor([trainer.trained_tokens, trainer.input_tokens, trainer.padded_tokens],
                           dtype=torch.float64)
@@ -242,7 +279,10 @@ def collect_metrics(trainer: TunebookTrainer, runtime: float, device: str, stats
         "trained_tokens_per_second": float(counts[0]) / runtime,
         "input_tokens_per_second": float(counts[1]) / runtime,
         "padded_tokens": int(counts[2]),  # incl. padding: what the device computes
-        "batch_shapes": [list(s) for s in trainer.batch_shapes],  # this process's micro-batches
+        # This process's micro-batches; end_seconds counts from the start of training, so the
+        # first step's warm-up and the steady state can be told apart.
+        "batch_log": [{**{k: v for k, v in b.items() if k != "end"}, "end_seconds": b["end"] - start}
+                      for b in trainer.batch_log],
         "peak_memory_mb": peak_memory_mb(device),
         "world_size": trainer.args.world_size,
         "length_stats": stats,
@@ -257,6 +297,31 @@ def save_adapter(model: torch.nn.Module, adapter_dir: Path) -> None:
     staging = adapter_dir.with_name(adapter_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
+    _swap_in(staging, adapter_dir)
+
+
+def save_sharded_adapter(trainer: Trainer, adapter_dir: Path) -> None:
+    """Save the adapter under FSDP or DeepSpeed ZeRO. Every rank must call this.
+
+    The adapter weights are sharded over the ranks, so a main-process-only ``save_pretrained``
+    would hang (FSDP gathers collectively) or write empty tensors (ZeRO-3). ``Trainer.save_model``
+    gathers them on every rank and writes on the main process only. FSDP's SHARDED_STATE_DICT
+    (fast checkpoints) makes ``save_model`` skip the weights, so the final save asks for a full one.
+    ZeRO-3 needs ``zero3_save_16bit_model: true`` (configs/accelerate/deepspeed_zero3.yaml).
+    """
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    staging = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml holds the settings
+        _swap_in(staging, adapter_dir)
+
+
+def _swap_in(staging: Path, adapter_dir: Path) -> None:
+    """Replace `adapter_dir` by the finished `staging` folder (a crash never leaves half an adapter)."""
     old = adapter_dir.with_name(adapter_dir.name + ".old")
     if adapter_dir.exists():
         os.replace(adapter_dir, old)
