@@ -257,13 +257,15 @@ def test_tokenize_dataset_applies_max_length(smollm_tokenizer, capsys: pytest.Ca
     assert set(kept.column_names) == {"input_ids", "labels", "length"}
 
 
-def test_tokenize_dataset_classification(smollm_tokenizer) -> None:
+def test_tokenize_dataset_classification(smollm_tokenizer, capsys) -> None:
     data = DatasetDict(train=Dataset.from_list([{"text": "Goal in the final minute.", "label": "Sports"},
                                                 {"text": "Shares fell. " * 50, "label": "Business"}]))
-    config = DataConfig(recipe="classification", max_length=16)
-    out = tokenize_dataset(data, smollm_tokenizer, config, ["World", "Sports", "Business"])["train"]
-    assert out["label"] == [1, 2]
-    assert out["length"][1] == 16 and len(out["input_ids"][1]) == 16  # truncated, not dropped
+    labels = ["World", "Sports", "Business"]
+    full = tokenize_dataset(data, smollm_tokenizer, DataConfig(recipe="classification"), labels)["train"]
+    assert full["label"] == [1, 2] and full["length"][1] > 16  # no max_length: nothing cut
+    out = tokenize_dataset(data, smollm_tokenizer, DataConfig(recipe="classification", max_length=16), labels)["train"]
+    assert out["label"] == [1]  # the long text is dropped and counted, never truncated silently
+    assert "1 of 2 train examples" in capsys.readouterr().out
     assert "labels" not in out.column_names
 
 

@@ -63,7 +63,9 @@ class DataConfig:
     system_prompt: str | None = None
     # Classification only: the label names, in id order. Empty means "read them from the data".
     labels: list[str] = field(default_factory=list)
-    # Tokens per example; None picks it from the length distribution (covers the longest example).
+    # Tokens per example. None: no limit, every example is kept whole (the length histogram marks
+    # the length that fits the longest). A number drops longer examples and counts them; answers
+    # are never cut silently.
     max_length: int | None = None
     # Used only when the data has no validation/test split of its own.
     validation_fraction: float = 0.1
@@ -96,7 +98,9 @@ class TrainConfig:
     learning_rate: float = 2e-4
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    # Gradient clipping; also what DeepSpeed configs take as their gradient_clipping.
+    max_grad_norm: float = 1.0
     # "auto" picks bf16 where the device supports it, else fp16 on CUDA, else fp32 (printed).
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # Trades ~30% more compute for much less activation memory; needed for 7B models on one GPU.
@@ -112,7 +116,7 @@ class TrainConfig:
     save_steps: int = 50
     save_total_limit: int = 2
     # "auto": paged 8-bit AdamW for QLoRA on CUDA, AdamW otherwise.
-    optim: str = "auto"
+    optim: Literal["auto", "adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit", "sgd"] = "auto"
     seed: int = 42
     max_eval_examples: int | None = 200
 

@@ -74,13 +74,19 @@ def choose_precision(requested: str = "auto", device: str | None = None) -> Deci
             )
         return Decision(requested, "asked for in the config (train.precision)")
     if device == "cuda":
-        if torch.cuda.is_bf16_supported():
+        # including_emulation=False: T4/V100 'support' bf16 only by emulation, which is slow.
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return Decision("bf16", f"{torch.cuda.get_device_name(0)} supports bf16")
         return Decision("fp16", f"{torch.cuda.get_device_name(0)} lacks bf16; fp16 with loss scaling")
     found = sorted(_BF16_CPU_FLAGS & cpu_flags())
     if found:
         return Decision("bf16", f"CPU supports {'/'.join(found)} (bf16 autocast matmuls are fast)")
     return Decision("fp32", "CPU has no amx_bf16/avx512_bf16, so bf16 would be emulated and slower")
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a precision name ("bf16", "fp16" or "fp32")."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
 def _version(package: str) -> str:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .config import DataConfig, EvalConfig, RunConfig
-from .environment import choose_precision
+from .environment import choose_precision, precision_dtype
 from .formatting import IGNORE_INDEX, CompletionCollator, answer_text, build_prompt, encode_prompt, \
     end_token_id, prompt_messages
 from .lora import load_adapter
@@ -291,10 +291,13 @@ def run_evaluation(config: RunConfig, adapter_dir: str | None = None, compare_ba
     raw, tokenized, validation = capped(prepared.raw[split]), capped(prepared.tokenized[split]), \
         capped(prepared.tokenized["validation"])
     set_seed(config.train.seed)  # a new classification head starts as training's did
+    # The base weights in the dtype training stored them in (bf16 where fast), so the model
+    # evaluated is numerically the one trained.
+    precision = choose_precision(config.train.precision)
     model = load_model(config.model.name, config.model.task, quantization=config.model.quantization,
-                       label_names=prepared.labels, trust_remote_code=config.model.trust_remote_code)
-    print(f"[tunebook] evaluating on {len(raw)} {split} examples; precision "
-          f"{choose_precision('auto', next(model.parameters()).device.type)}")
+                       dtype=precision_dtype(precision.value), label_names=prepared.labels,
+                       trust_remote_code=config.model.trust_remote_code)
+    print(f"[tunebook] evaluating on {len(raw)} {split} examples; {precision}")
     results: dict[str, dict] = {}
     if compare_base:
         results["base"] = _evaluate_model(model, tokenizer, config, raw, tokenized, validation,

@@ -96,12 +96,13 @@ def tokenize_dataset(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, conf
         label_ids = {name: i for i, name in enumerate(label_names or [])}
 
         def encode(example: dict) -> dict:
-            ids = tokenizer(example["text"], truncation=True, max_length=config.max_length or 512)["input_ids"]
+            ids = tokenizer(example["text"])["input_ids"]  # never cut silently: see drop_overlong
             label = example["label"]
             return {"input_ids": ids, "label": label_ids.get(str(label), label), "length": len(ids)}
 
-        return DatasetDict({s: d.map(encode, remove_columns=[c for c in d.column_names if c != "label"])
-                            for s, d in data.items()})
+        tokenized = DatasetDict({s: d.map(encode, remove_columns=[c for c in d.column_names if c != "label"])
+                                 for s, d in data.items()})
+        return drop_overlong(tokenized, config.max_length) if config.max_length else tokenized
     tokenized = DatasetDict({
         s: d.map(tokenize_example, fn_kwargs={"tokenizer": tokenizer, "config": config},
                  remove_columns=d.column_names, desc=f"tokenize {s}")

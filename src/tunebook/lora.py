@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from .config import LoraConfigSettings
 from .quantization import is_quantized
@@ -58,7 +59,7 @@ def linear_layer_names(model: torch.nn.Module) -> list[str]:
     names = {
         full.rsplit(".", 1)[-1]
         for full, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear)
+        if isinstance(module, (torch.nn.Linear, Conv1D))  # GPT-2 style models use Conv1D
     }
     return sorted(names - _HEAD_NAMES)
 

@@ -31,6 +31,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .environment import choose_precision, precision_dtype
 from .quantization import make_quantization_config
 
 TASKS = ("causal-lm", "sequence-classification")
@@ -195,11 +196,12 @@ def load_model(
         kwargs["device_map"] = device_map or ({"": local_rank} if cuda else "cpu")
     else:
         if dtype is None and cuda:
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            dtype = precision_dtype(choose_precision("auto", "cuda").value)
         if dtype is not None:
             kwargs["dtype"] = dtype
-        if device_map is not None:
-            kwargs["device_map"] = device_map
+        # On CUDA, load straight onto this process's GPU (under accelerate: its LOCAL_RANK).
+        if device_map is not None or cuda:
+            kwargs["device_map"] = device_map or {"": int(os.environ.get("LOCAL_RANK", 0))}
     if task == "causal-lm":
         return _load_or_explain(AutoModelForCausalLM.from_pretrained, name, resolve_model(name), **kwargs)
     # A new classification head is *expected* to be missing from an encoder checkpoint; transformers

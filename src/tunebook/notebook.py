@@ -38,6 +38,15 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "eval.max_examples": 4,
     "eval.max_new_tokens": 16,
 }
+# The instruction-following data (Nimbus N2 support answers) trained with lora.yaml's settings: the
+# data has its own instruction column, so the fixed extraction instruction is dropped; a short
+# system prompt replaces SmolLM2's default one (shorter prompts train faster).
+INSTRUCTIONS_OVERRIDES: dict[str, Any] = {
+    "data.path": "data/instructions",
+    "data.columns": {},
+    "data.instruction": None,
+    "data.system_prompt": "You are Nimbus Support, the help desk for the Nimbus N2 weather station.",
+}
 # Absolute paths of this machine in notebook sources or outputs (what committed notebooks must not show).
 MACHINE_PATH = re.compile(r"/(root|home|tmp|work|Users)/")
 
@@ -69,6 +78,11 @@ def quiet_libraries() -> None:
         evaluate.disable_progress_bar()
     except (ImportError, AttributeError):
         pass
+    # generate() passes tqdm an explicit `disable=`, which overrides TQDM_DISABLE: drop its
+    # per-batch progress bar in notebooks (the cells print the results instead).
+    from . import evaluation
+
+    evaluation.tqdm = lambda iterable, **kwargs: iterable
 
 
 def use_repo_root(quiet: bool = True) -> Path:
@@ -126,19 +140,22 @@ def ensure_adapter(config, fallback_steps: int) -> Path:
     return adapter
 
 
-def train_in_subprocess(config_path: str | Path, overrides: dict[str, Any]) -> dict:
-    """Run ``python -m tunebook train`` in a fresh process and return its metrics.json.
+def train_in_subprocess(config) -> dict:
+    """Run ``python -m tunebook train`` on `config` in a fresh process and return its metrics.json.
 
     Why a process per run: on CPU, peak memory is the process's peak resident set size, which
     only grows; several runs in one notebook kernel would each report the largest so far.
     Only tunebook's own ``[tunebook]`` lines are shown.
     """
-    args = [sys.executable, "-m", "tunebook", "train", str(config_path)]
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
+    from .config import save_config
+
+    run_dir = Path(config.train.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "requested_config.yaml")
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "tunebook", "train", str(run_dir / "requested_config.yaml")],
+                          capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("[tunebook]"):
             print(line)
@@ -146,7 +163,7 @@ def train_in_subprocess(config_path: str | Path, overrides: dict[str, Any]) -> d
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise RuntimeError(f"training failed (exit code {proc.returncode}):\n{tail}")
     print(f"finished in {time.perf_counter() - start:.0f} s")
-    return json.loads((Path(overrides["train.output_dir"]) / "metrics.json").read_text())
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def read_metrics(run_dir: str | Path) -> dict | None:
@@ -233,16 +250,19 @@ def notebook_problems(nb: Any, check_paths: bool = True) -> list[str]:
 
 
 def execute_notebook(path: str | Path, output: str | Path, smoke: bool = False, kernel: str = "python3",
-                     cell_timeout: int = 3600) -> Any:
+                     cell_timeout: int = 3600, threads: int | None = None) -> Any:
     """Execute `path` top to bottom with papermill, writing the executed notebook to `output`.
 
     Runs with the kernel's working directory set to the notebook's folder, as Jupyter does (each
     notebook moves itself to the repository root). Smoke mode passes ``SMOKE=True`` as a papermill
-    parameter; the notebook file itself is never edited. Returns the executed notebook.
+    parameter; the notebook file itself is never edited. `threads` sets OMP_NUM_THREADS for the
+    kernel: 1 is much faster for smoke-sized work on a busy shared CPU. Returns the executed notebook.
     """
     import papermill
 
     path = Path(path)
+    if threads is not None:  # the kernel (and any training subprocess) inherits it; torch reads it
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     return papermill.execute_notebook(
         str(path), str(output), parameters={"SMOKE": True} if smoke else None, kernel_name=kernel,
         cwd=str(path.parent), progress_bar=False, log_output=False, execution_timeout=cell_timeout,
@@ -259,3 +279,24 @@ def relative_papermill_metadata(nb: Any, root: str | Path) -> None:
                 meta[key] = str(Path(meta[key]).resolve().relative_to(Path(root).resolve()))
             except ValueError:
                 meta[key] = Path(meta[key]).name
+
+
+def training_comparison(runs: dict[str, dict], footprints: dict[str, int] | None = None):
+    """One row per training run (metrics.json): model footprint, peak memory, speed, final losses."""
+    import pandas as pd
+
+    rows = {}
+    for name, m in runs.items():
+        rows[name] = {
+            "model footprint (MB)": mb(footprints[name]) if footprints and name in footprints else None,
+            "peak memory (MB)": m["peak_memory_mb"],
+            "seconds / step": m["seconds_per_step"],
+            "trained tokens / s": m["trained_tokens_per_second"],
+            "steps": m["global_step"],
+            "final train loss": m["final_train_loss"],
+            "final eval loss": m["final_eval_loss"],
+        }
+    frame = pd.DataFrame(rows).T
+    return frame.astype(float).round({"model footprint (MB)": 0, "peak memory (MB)": 0, "seconds / step": 2,
+                                      "trained tokens / s": 0, "steps": 0, "final train loss": 3,
+                                      "final eval loss": 3})

@@ -19,7 +19,7 @@ import warnings
 import torch
 from transformers import BitsAndBytesConfig
 
-from .environment import Decision, choose_device, choose_precision
+from .environment import Decision, choose_device, choose_precision, precision_dtype
 
 QUANTIZATION_MODES = ("4bit", "8bit")
 
@@ -68,7 +68,7 @@ def check_quantization_available(mode: str) -> None:
 def choose_compute_dtype(device: str | None = None) -> tuple[torch.dtype, Decision]:
     """dtype the quantized layers compute in: the training precision's dtype (bf16 > fp16 > fp32)."""
     precision = choose_precision("auto", device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision.value]
+    dtype = precision_dtype(precision.value)
     return dtype, Decision(str(dtype).replace("torch.", ""), f"4-bit compute dtype; {precision.reason}")
 
 

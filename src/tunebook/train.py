@@ -32,7 +32,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
 from .config import RunConfig, save_config
-from .environment import Decision, choose_device, choose_precision, environment_report
+from .environment import Decision, choose_device, choose_precision, environment_report, precision_dtype
 from .formatting import CompletionCollator
 from .lora import apply_lora, count_parameters
 from .models import load_model, load_tokenizer
@@ -128,7 +128,7 @@ def frozen_weight_dtype(precision: str) -> torch.dtype:
     bf16 in every forward and backward (autocast caches casts only for weights that require grad).
     The adapters stay fp32 (peft upcasts them), so updates are not lost to bf16 rounding.
     """
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    return precision_dtype(precision)
 
 
 def peak_memory_mb(device: str) -> float:
@@ -151,6 +151,7 @@ def training_arguments(config: RunConfig, run_dir: Path, precision: str, optim: 
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a fraction of the steps
         weight_decay=t.weight_decay,
         lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
         optim=optim,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
