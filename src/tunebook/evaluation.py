@@ -27,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .config import DataConfig, EvalConfig, RunConfig
 from .environment import choose_precision, precision_dtype
+from .files import write_json
 from .formatting import IGNORE_INDEX, CompletionCollator, answer_text, build_prompt, encode_prompt, \
     end_token_id, prompt_messages
 from .lora import load_adapter
@@ -35,7 +36,6 @@ from .metrics.entity_f1 import ERROR_CATEGORIES, categorize_errors, parse_entiti
 from .models import load_model, load_tokenizer
 from .plots import plot_confusion_matrix
 from .prepare import prepare_tokenized
-from .train import write_json
 
 # Rows of the before/after table per task; dotted keys reach into nested results.
 TABLE_KEYS = {

@@ -12,9 +12,6 @@ Two ways to deploy a LoRA adapter:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import load_config
 from .evaluation import generate
+from .files import atomic_directory
 from .formatting import encode_prompt
 from .lora import load_adapter
 from .models import load_model, load_tokenizer
@@ -75,18 +73,9 @@ def merge_adapter(base_name: str, adapter_dir: str | Path, out_dir: str | Path,
     if quantization == "auto":
         quantization = _run_quantization(adapter_dir)
     merged = _merge_full_precision(base_name, adapter_dir, quantization)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    old = out_dir.with_name(out_dir.name + ".old")
-    try:
+    with atomic_directory(out_dir) as staging:
         merged.save_pretrained(staging)  # safetensors (transformers 5 saves nothing else)
         load_tokenizer(base_name).save_pretrained(staging)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from transformers import (
 )
 
 from .environment import choose_precision, precision_dtype
+from .files import atomic_directory
 from .quantization import make_quantization_config
 
 TASKS = ("causal-lm", "sequence-classification")
@@ -101,19 +100,11 @@ def _materialize_gguf(name: str, entry: EmbeddedModel) -> Path:
     config.name_or_path = name
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict())
-    # Atomic save: write next to the target, then rename, so an interrupted first run (or two
-    # processes racing under `accelerate launch`) never leaves a half-written cache behind.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    # Atomic save: an interrupted first run (or two processes racing under `accelerate launch`)
+    # never leaves a half-written cache behind.
+    with atomic_directory(target, replace=False) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "model.safetensors").is_file():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -19,7 +19,6 @@ A run folder (``train.output_dir``) holds::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -33,6 +32,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 
 from .config import RunConfig, save_config
 from .environment import Decision, choose_device, choose_precision, environment_report, precision_dtype
+from .files import atomic_directory, write_json
 from .formatting import CompletionCollator
 from .lora import apply_lora, count_parameters
 from .models import load_model, load_tokenizer
@@ -291,14 +291,9 @@ def collect_metrics(trainer: TunebookTrainer, runtime: float, device: str, stats
 
 
 def save_adapter(model: torch.nn.Module, adapter_dir: Path) -> None:
-    """Save adapter weights atomically: write a sibling folder, then swap it in.
-
-    A crash mid-save leaves the previous adapter intact instead of a half-written one.
-    """
-    staging = adapter_dir.with_name(adapter_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    _swap_in(staging, adapter_dir)
+    """Save adapter weights atomically (see `tunebook.files`): a crash keeps the previous adapter."""
+    with atomic_directory(adapter_dir) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
 
 
 def save_sharded_adapter(trainer: Trainer, adapter_dir: Path) -> None:
@@ -312,26 +307,11 @@ def save_sharded_adapter(trainer: Trainer, adapter_dir: Path) -> None:
     """
     if trainer.is_fsdp_enabled:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    staging = adapter_dir.with_name(adapter_dir.name + ".tmp")
-    if trainer.is_world_process_zero():
-        shutil.rmtree(staging, ignore_errors=True)
+    staging = adapter_dir.with_name(f".{adapter_dir.name}.gather")  # same path on every rank
     trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml holds the settings
-        _swap_in(staging, adapter_dir)
-
-
-def _swap_in(staging: Path, adapter_dir: Path) -> None:
-    """Replace `adapter_dir` by the finished `staging` folder (a crash never leaves half an adapter)."""
-    old = adapter_dir.with_name(adapter_dir.name + ".old")
-    if adapter_dir.exists():
-        os.replace(adapter_dir, old)
-    os.replace(staging, adapter_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+        with atomic_directory(adapter_dir) as final:
+            for item in staging.iterdir():
+                os.replace(item, final / item.name)
+        shutil.rmtree(staging, ignore_errors=True)

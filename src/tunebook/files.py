@@ -1,0 +1,48 @@
+"""Atomic writes: a crash or Ctrl-C mid-save never leaves half a model, adapter or JSON file.
+
+Every folder tunebook saves (the dequantized model cache, adapters, merged models) is written to a
+hidden sibling folder first and renamed into place when complete; a rename within one file system
+is atomic, so readers see the old folder or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it becomes `target`.
+
+    replace=False keeps an existing complete `target` (used when two processes race to build the
+    same cache: the first one wins, the second discards its copy).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    old = target.with_name(f".{target.name}.old")
+    try:
+        yield staging
+        if target.exists():
+            if not replace:
+                return
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
