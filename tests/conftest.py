@@ -141,3 +141,14 @@ def tmp_data(tmp_path: Path) -> Callable[..., Path]:
         return write_rows(tmp_path / folder / name, rows)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
+    """A tiny random Llama plus the SmolLM2 tokenizer, saved like any local model folder."""
+    tok = smollm_tokenizer
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    make_tiny_llama(len(tok), seed=0, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                    eos_token_id=tok.eos_token_id).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from conftest import REPO_ROOT, make_tiny_llama, write_rows
+from conftest import REPO_ROOT, write_rows
 from tunebook.config import RunConfig, apply_overrides, load_config, save_config
 from tunebook.train import run_training
 
@@ -85,16 +85,6 @@ def test_deepspeed_leaves_batch_settings_to_the_trainer(name: str, stage: int) -
 
 
 # ---------------------------------------------------------------- two processes vs one
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
-    tok = smollm_tokenizer
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    make_tiny_llama(len(tok), seed=0, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                    eos_token_id=tok.eos_token_id).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:

@@ -26,17 +26,6 @@ RUN_FILES = ["adapter/adapter_model.safetensors", "adapter/adapter_config.json",
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
-    """A tiny random Llama plus the SmolLM2 tokenizer, saved like any local model folder."""
-    tok = smollm_tokenizer
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    make_tiny_llama(len(tok), seed=0, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                    eos_token_id=tok.eos_token_id).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def nan_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
     """The same tiny Llama with a NaN in its final norm: the very first loss is NaN."""
     tok = smollm_tokenizer
