@@ -8,9 +8,15 @@ One module per pipeline stage:
 - `tunebook.lora`         LoRA config creation and application
 - `tunebook.data`         load, validate and split datasets
 - `tunebook.formatting`   prompt templates, tokenization and completion-only labels
+- `tunebook.prepare`      the data stage end to end (validated splits -> token ids + length stats)
 - `tunebook.train`        Trainer-based training runs
-- `tunebook.evaluation`   task metrics before and after training
+- `tunebook.evaluation`   task metrics before and after training (`tunebook.metrics`: offline
+                          `evaluate` modules loaded by path)
+- `tunebook.inference`    adapters at inference, merging, several adapters on one base
 - `tunebook.memory`       memory estimates before you rent a GPU
+- `tunebook.plots`        loss curves, length histograms, confusion matrices (PNG)
+- `tunebook.files`        atomic saves
+- `tunebook.notebook`     notebook setup and execution helpers
 - `tunebook.cli`          `python -m tunebook ...`
 """
 

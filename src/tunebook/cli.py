@@ -3,7 +3,7 @@
     python -m tunebook env
     python -m tunebook prepare  configs/smollm2-135m-instruct/lora.yaml
     python -m tunebook train    configs/smollm2-135m-instruct/lora.yaml [--set train.max_steps=20] [--resume]
-    python -m tunebook evaluate configs/smollm2-135m-instruct/lora.yaml [--adapter runs/lora/adapter]
+    python -m tunebook evaluate configs/smollm2-135m-instruct/lora.yaml [--adapter runs/smollm2-lora/adapter]
     python -m tunebook estimate --model 7b --method qlora-4bit --seq-len 2048
     python -m tunebook demo     (prepare -> train -> evaluate base vs tuned, on the embedded defaults)
 
