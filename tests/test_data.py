@@ -465,3 +465,17 @@ def test_shipped_configs_data_sections_validate() -> None:
         assert min(report["split_sizes"].values()) > 0, path
         checked += 1
     assert checked >= 1
+
+
+def test_explicit_column_for_optional_role_must_exist(tmp_path) -> None:
+    """data.columns.input naming a column that is not there is an error, not a silent no-input run."""
+    import json as _json
+
+    from tunebook.config import DataConfig
+    from tunebook.data import DataValidationError, load_and_validate
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(_json.dumps({"sentence": f"s {i}", "output": f"o {i}"}) + "\n" for i in range(10)))
+    config = DataConfig(path=str(path), instruction="Do it.", columns={"input": "text"})
+    with pytest.raises(DataValidationError, match=r"missing column 'text'.*data.columns.input"):
+        load_and_validate(config)

@@ -104,7 +104,9 @@ def select_roles(raw: DatasetDict, sources: dict[str, str], config: DataConfig) 
     out = {}
     for split, dataset in raw.items():
         mapping = {role: config.columns.get(role, role) for role in roles}
-        for role in required:
+        # Required roles must exist; so must any column the config names explicitly (a typo in
+        # data.columns.input would otherwise train without inputs, silently).
+        for role in dict.fromkeys([*required, *config.columns]):
             if mapping[role] not in dataset.column_names:
                 raise DataValidationError(
                     f"{sources[split]}: missing column '{mapping[role]}' (role '{role}' of recipe "

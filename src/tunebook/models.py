@@ -90,7 +90,8 @@ def _materialize_gguf(name: str, entry: EmbeddedModel) -> Path:
     if (target / "model.safetensors").is_file():
         return target
     source = _package_dir(entry)
-    print(f"[tunebook] first use of '{name}': dequantizing {entry.gguf_file} to safetensors in {target}")
+    shown = str(target).replace(str(Path.home()), "~", 1)  # no machine paths in logs and notebooks
+    print(f"[tunebook] first use of '{name}': dequantizing {entry.gguf_file} to safetensors in {shown}")
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=entry.gguf_file)
     gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=entry.gguf_file)
     # save_pretrained refuses GGUF-loaded models, so rebuild a plain model from the same config
