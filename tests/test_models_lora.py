@@ -299,6 +299,61 @@ def test_quantization_configs(capsys) -> None:
     assert eight.load_in_8bit and not eight.load_in_4bit
 
 
+@pytest.mark.parametrize("variables, expected", [
+    ({}, None),
+    ({"ACCELERATE_USE_FSDP": "true"}, "fsdp"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "deepspeed-zero3"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
+])
+def test_sharded_training_is_read_from_accelerate_variables(monkeypatch, variables, expected) -> None:
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert environment.sharded_training() == expected
+
+
+def test_4bit_storage_is_uint8_alone_and_the_compute_dtype_under_fsdp(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert make_quantization_config("4bit").bnb_4bit_quant_storage == torch.uint8
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    four = make_quantization_config("4bit")
+    assert four.bnb_4bit_quant_storage == four.bnb_4bit_compute_dtype != torch.uint8
+    assert "fsdp shards one float dtype per unit" in capsys.readouterr().out
+
+
+def test_sharded_4bit_model_has_one_float_dtype_and_trains(saved_tiny_llama: Path, tiny_llama,
+                                                           monkeypatch) -> None:
+    """What FSDP-QLoRA needs, checked on CPU: every tensor (4-bit packed ones included) in one
+    float dtype, no fp32 upcast by apply_lora, and gradients reaching the adapters."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(quantization, "choose_compute_dtype",
+                        lambda device=None: (torch.bfloat16, environment.Decision("bfloat16", "test")))
+    model = load_model(str(saved_tiny_llama), quantization="4bit", dtype=torch.bfloat16)
+    assert is_quantized(model)
+    assert any(p.__class__.__name__ == "Params4bit" for p in model.parameters())
+    assert count_parameters(model)[1] == count_parameters(tiny_llama)[1]
+    model = apply_lora(model, LoraConfigSettings(r=4), verbose=False)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model.train()
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None for g in grads)
+    assert any(torch.count_nonzero(g) > 0 for g in grads)
+
+
+def test_quantized_training_keeps_unquantized_weights_in_the_loaded_dtype(saved_tiny_llama: Path,
+                                                                         monkeypatch) -> None:
+    """No fp32 upcast of embeddings and norms (peft's prepare_model_for_kbit_training would)."""
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    model = load_model(str(saved_tiny_llama), quantization="8bit", dtype=torch.bfloat16)
+    model = apply_lora(model, LoraConfigSettings(r=4), verbose=False)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}
+
+
 def test_unquantized_model_is_not_quantized(tiny_llama) -> None:
     assert not is_quantized(tiny_llama)
 

@@ -84,6 +84,21 @@ def choose_precision(requested: str = "auto", device: str | None = None) -> Deci
     return Decision("fp32", "CPU has no amx_bf16/avx512_bf16, so bf16 would be emulated and slower")
 
 
+def sharded_training() -> str | None:
+    """"fsdp" or "deepspeed-zero3" when `accelerate launch` shards the weights across ranks, else None.
+
+    Read from the variables accelerate sets for its processes, because the model is loaded before
+    the Trainer (and the process group) exists. Sharded weights change how a model must be loaded:
+    no per-rank device_map, and 4-bit weights stored in a float dtype (see tunebook.quantization).
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+        return "fsdp"
+    if (os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
+        return "deepspeed-zero3"
+    return None
+
+
 def precision_dtype(precision: str) -> torch.dtype:
     """The torch dtype of a precision name ("bf16", "fp16" or "fp32")."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]

@@ -21,12 +21,12 @@ gradients flow through the dequantized W0.
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoraConfigSettings
-from .quantization import is_quantized
+from .environment import sharded_training
 
 # Projection names per architecture (model.config.model_type). Heads (lm_head, classifier, score)
 # are never adapted: a classification head is new and is trained fully (PEFT's modules_to_save).
@@ -109,23 +109,28 @@ def apply_lora(
 ) -> PeftModel:
     """Freeze `model`, add LoRA adapters, and return the trainable `PeftModel`.
 
-    For a 4/8-bit model, `prepare_model_for_kbit_training` first casts norms to fp32 for stable
-    training and makes the input embeddings' outputs require grad (needed for gradient
-    checkpointing through a frozen base).
+    The same path serves full-precision and 4/8-bit bases. Unlike peft's
+    `prepare_model_for_kbit_training`, the frozen unquantized weights (embeddings, lm_head, norms)
+    stay in the dtype they were loaded in (the compute dtype) instead of being upcast to fp32: that
+    upcast doubles the largest unquantized tensors (SmolLM2's 28M-parameter embedding: 57 MB ->
+    113 MB, a third of its 4-bit footprint) and breaks FSDP's uniform-dtype sharding. Stability does
+    not need it: RMSNorm computes in fp32 internally, and the trained adapters stay fp32 (below).
     """
     config = make_lora_config(model, settings, task)
-    if is_quantized(model):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         # With every base weight frozen, checkpointed segments would see no input requiring grad.
         model.enable_input_require_grads()
-    peft_model = get_peft_model(model, config)
     # Whatever is trained (adapters, a new classification head) keeps fp32 master weights even
-    # when the frozen base is stored in bf16: bf16 would round small AdamW updates away.
-    for param in peft_model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
+    # when the frozen base is stored in bf16: bf16 would round small AdamW updates away. Under
+    # FSDP/ZeRO-3 every sharded unit must hold one dtype, so the adapters keep the base's dtype and
+    # the engine's mixed precision keeps the fp32 master copy instead (as TRL does).
+    sharded = sharded_training() is not None
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=not sharded)
+    if not sharded:
+        for param in peft_model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
     if verbose:
         trainable, total = count_parameters(peft_model)
         print(
@@ -136,13 +141,13 @@ def apply_lora(
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts. 4-bit weights are packed two per byte, so count elements
-    of a `Params4bit` as the unpacked number of weights."""
+    """(trainable, total) parameter counts. 4-bit weights are packed two per byte (four per bf16
+    element when stored for FSDP), so count a `Params4bit` as its unpacked number of weights."""
     trainable = total = 0
     for param in model.parameters():
         n = param.numel()
         if param.__class__.__name__ == "Params4bit":
-            n *= 2
+            n *= param.element_size() * 2
         total += n
         if param.requires_grad:
             trainable += n

@@ -29,7 +29,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .environment import choose_precision, precision_dtype
+from .environment import choose_precision, precision_dtype, sharded_training
 from .files import atomic_directory
 from .quantization import make_quantization_config
 
@@ -164,8 +164,9 @@ def load_model(
     """Load a model for `task` ("causal-lm" or "sequence-classification").
 
     quantization: None, "4bit" (NF4 + double quantization, for QLoRA) or "8bit" (LLM.int8).
-    dtype: weight dtype for unquantized loading; None keeps fp32 on CPU (bf16 autocast does the
-    fast math while master weights stay exact) and uses bf16/fp16 on GPUs to halve memory.
+    dtype: dtype of the unquantized weights (all of them without quantization; embeddings, norms
+    and lm_head with it). None keeps fp32 on CPU and uses bf16/fp16 on GPUs to halve memory;
+    training passes the compute dtype (see tunebook.train.frozen_weight_dtype).
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; use one of {TASKS}.")
@@ -180,20 +181,22 @@ def load_model(
             label2id={label: i for i, label in enumerate(labels)},
         )
     cuda = torch.cuda.is_available()
+    if dtype is None and cuda:
+        dtype = precision_dtype(choose_precision("auto", "cuda").value)
+    if dtype is not None:
+        # With quantization this is the dtype of what stays unquantized (embeddings, norms, lm_head).
+        kwargs["dtype"] = dtype
     if quantization:
         kwargs["quantization_config"] = make_quantization_config(quantization)
-        # bitsandbytes places quantized weights when loading; everything on one device per
-        # process (under accelerate each rank loads onto its own GPU).
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        kwargs["device_map"] = device_map or ({"": local_rank} if cuda else "cpu")
-    else:
-        if dtype is None and cuda:
-            dtype = precision_dtype(choose_precision("auto", "cuda").value)
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        # On CUDA, load straight onto this process's GPU (under accelerate: its LOCAL_RANK).
-        if device_map is not None or cuda:
-            kwargs["device_map"] = device_map or {"": int(os.environ.get("LOCAL_RANK", 0))}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    elif sharded_training():
+        pass  # FSDP / ZeRO-3 place the shards themselves; a device_map would load a full copy per rank
+    elif cuda:
+        # Load straight onto this process's GPU (under accelerate: its LOCAL_RANK).
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    elif quantization:
+        kwargs["device_map"] = "cpu"  # bitsandbytes quantizes while placing the weights
     if task == "causal-lm":
         return _load_or_explain(AutoModelForCausalLM.from_pretrained, name, resolve_model(name), **kwargs)
     # A new classification head is *expected* to be missing from an encoder checkpoint; transformers

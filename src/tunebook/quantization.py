@@ -19,7 +19,7 @@ import warnings
 import torch
 from transformers import BitsAndBytesConfig
 
-from .environment import Decision, choose_device, choose_precision, precision_dtype
+from .environment import Decision, choose_device, choose_precision, precision_dtype, sharded_training
 
 QUANTIZATION_MODES = ("4bit", "8bit")
 
@@ -73,7 +73,13 @@ def choose_compute_dtype(device: str | None = None) -> tuple[torch.dtype, Decisi
 
 
 def make_quantization_config(mode: str, verbose: bool = True) -> BitsAndBytesConfig:
-    """A BitsAndBytesConfig for `mode` ("4bit" or "8bit") suited to this device."""
+    """A BitsAndBytesConfig for `mode` ("4bit" or "8bit") suited to this device and launch.
+
+    Under FSDP or DeepSpeed ZeRO-3 the packed 4-bit weights are stored in the compute dtype instead
+    of uint8 (`bnb_4bit_quant_storage`): those engines shard only floating-point tensors of one
+    dtype per unit, so the quantized Linears must look like the bf16 rest of the model. The bytes
+    are the same; only their label changes.
+    """
     check_quantization_available(mode)
     if mode == "8bit":
         # LLM.int8: int8 weights, outlier features (|x| > threshold) kept in fp16.
@@ -81,14 +87,22 @@ def make_quantization_config(mode: str, verbose: bool = True) -> BitsAndBytesCon
     dtype, decision = choose_compute_dtype()
     if verbose:
         print(f"[tunebook] {decision}")
+    storage = torch.uint8
+    sharding = sharded_training()
+    if sharding:
+        storage = dtype
+        if verbose:
+            print(f"[tunebook] {Decision(f'4-bit storage {dtype}'.replace('torch.', ''), f'{sharding} shards one float dtype per unit')}")
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=storage,
     )
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
     """True when the model was loaded with 4-bit or 8-bit bitsandbytes weights."""
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
