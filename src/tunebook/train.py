@@ -162,6 +162,10 @@ def training_arguments(config: RunConfig, run_dir: Path, precision: str, optim: 
         logging_first_step=True,
         logging_nan_inf_filter=False,  # show a NaN rather than hide it; TunebookTrainer stops on it
         eval_strategy="steps" if has_eval else "no",
+        # Evaluation during training reports the loss only. Without this the Trainer also gathers
+        # every eval batch's logits (50 rows x ~100 tokens x 49k vocab in fp32 = ~1 GB here) for a
+        # compute_metrics that tunebook does not use; task metrics come from tunebook.evaluation.
+        prediction_loss_only=True,
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
