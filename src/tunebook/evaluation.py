@@ -86,7 +86,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     outputs: list[str] = [""] * len(ids)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     with _eval_mode(model), _autocast(model, autocast):
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not batches):
+        for batch in tqdm(batches, desc=desc, unit="batch"):  # TQDM_DISABLE=1 hides it
             width = max(len(ids[i]) for i in batch)
             # LEFT padding: a decoder appends each new token after the last position of the row.
             # With right padding, a short prompt would be followed by pad tokens and the model would

@@ -78,11 +78,6 @@ def quiet_libraries() -> None:
         evaluate.disable_progress_bar()
     except (ImportError, AttributeError):
         pass
-    # generate() passes tqdm an explicit `disable=`, which overrides TQDM_DISABLE: drop its
-    # per-batch progress bar in notebooks (the cells print the results instead).
-    from . import evaluation
-
-    evaluation.tqdm = lambda iterable, **kwargs: iterable
 
 
 def use_repo_root(quiet: bool = True) -> Path:
