@@ -7,9 +7,10 @@ the shipped extraction data (default: steps x batch, so each example is seen exa
 same number of optimizer steps at the same batch size, each in a fresh process running the
 product's own entry point (``python -m tunebook train CONFIG --set ...``). What differs:
 
-    tutorial    fp32, every example padded to 512 tokens, random batches (no length grouping)
+    tutorial    fp32, every example padded to 512 tokens, random batches (no length grouping),
+                LoRA dropout 0.05 (the usual tutorial value)
     tunebook    the defaults: dynamic padding, length grouping, bf16 autocast where the device has
-                fast bf16, frozen base stored in the compute dtype
+                fast bf16, frozen base stored in the compute dtype, LoRA dropout 0
     qlora-4bit  the defaults with the frozen base in 4-bit NF4 (configs/.../qlora-4bit.yaml)
     lora-8bit   the defaults with the frozen base in 8-bit LLM.int8 (configs/.../lora-8bit.yaml)
 
@@ -41,7 +42,7 @@ TUTORIAL_LENGTH = 512  # the fixed length tutorials pad every example to
 # name -> (config file, extra --set overrides, tunebook.memory method)
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "tutorial": ("lora.yaml", ["train.precision=fp32", f"train.pad_to_length={TUTORIAL_LENGTH}",
-                               "train.group_by_length=false"], "lora"),
+                               "train.group_by_length=false", "lora.dropout=0.05"], "lora"),
     "tunebook": ("lora.yaml", [], "lora"),
     "qlora-4bit": ("qlora-4bit.yaml", [], "qlora-4bit"),
     "lora-8bit": ("lora-8bit.yaml", [], "lora-8bit"),
