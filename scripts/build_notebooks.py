@@ -529,7 +529,7 @@ NOTEBOOKS["02_lora_training"] = r'''
 - how to read the loss curve and the run metrics (trained tokens/s, peak memory);
 - how the tuned model answers compared with the base model.
 
-On a 2-core CPU the full run (150 steps of batch 8) takes about 5 minutes on a quiet machine.
+On a 2-core CPU the full run (150 steps of batch 8) takes about 7 minutes on a quiet machine.
 
 # %% parameters
 SMOKE = False  # True: 2 steps of batch 2 on 32 examples, output under runs/smoke/
@@ -558,10 +558,10 @@ print(yaml.safe_dump({k: config_to_dict(config)[k] for k in ("model", "lora", "t
 |---|---|---|---|
 | `lora.r` | 16 | rank of the update: its capacity | 8–16 suits a narrow task such as extraction; a larger r rarely helps with ~1.3k examples |
 | `lora.alpha` | 32 | the update is scaled by alpha/r | alpha = 2r is the common default; keeping alpha/r fixed when you change r keeps the effective step size similar |
-| `lora.dropout` | 0.05 | dropout on the LoRA input only | light regularisation for a small dataset |
+| `lora.dropout` | 0 | dropout on the LoRA input only | with dropout > 0, peft keeps a dropped-out copy of every adapted input: 3.8 instead of 3.0 s/step here (measured), and less than one epoch over 1.3k examples does not overfit. Use 0.05–0.1 for several epochs on small data |
 | `lora.target_modules` | auto | which linear layers get adapters | `auto` = all attention and MLP projections (q, k, v, o, gate, up, down): adapting all of them beats attention-only at the same parameter budget (QLoRA paper) |
-| `train.learning_rate` | 1e-3 | AdamW step size | LoRA tolerates ~10× the rate of full fine-tuning; on this small model and 150-step budget 1e-3 beat the common 2e-4 by far (test F1 0.93 vs 0.21) |
-| `train.max_steps` | 150 | optimizer steps | ~1 epoch of 1,300 examples at batch 8: the eval loss stops improving after that |
+| `train.learning_rate` | 1e-3 | AdamW step size | LoRA tolerates ~10× the rate of full fine-tuning; on this small model and a 150-step budget 1e-3 beat the common 2e-4 by far (test F1 0.93 vs 0.21) |
+| `train.max_steps` | 150 | optimizer steps | ~1 epoch of 1,300 examples at batch 8. Fewer is much worse at this learning rate: 120 steps reached test F1 0.79 and exact match 0.34, against 0.92 and 0.78 (measured) |
 | `train.gradient_checkpointing` | auto | recompute activations in the backward pass instead of storing them | `auto` turns it on from 5B parameters; at 135M it would only cost ~30 % speed (the decision is printed) |
 | `train.lr_scheduler`, `warmup_ratio` | cosine, 0.05 | warm up over the first 5 % of steps, then decay | the usual LoRA recipe; warm-up protects the fresh adapter from large first steps |
 
@@ -597,7 +597,7 @@ config = apply_overrides(config, KNOBS)
 and tokenizes the data *before* loading the model (a bad file fails in seconds), loads SmolLM2
 with its frozen weights in the compute dtype, adds the adapters (the `LoRA r=16 ...` line shows
 the trainable parameters, the same number as above), and trains with the `transformers` Trainer.
-The Trainer prints the training loss every 10 steps and the validation loss every 50 steps (one
+The Trainer prints the training loss every 10 steps and the validation loss every 75 steps (one
 line each).
 
 # %%
@@ -668,8 +668,8 @@ for example, base_answer, tuned_answer in zip(test, base, tuned):
     print(f"sentence:  {example['input']}\nreference: {example['output']}\nbase:      {base_answer}\ntuned:     {tuned_answer}\n")
 
 # %% [md]
-The base model is a general chat model: it invents its own JSON layout, repeats itself and does
-not stop within the token budget. The tuned model answers with the exact JSON layout of the training
+The base model is a general chat model: it restates the sentence, or invents a JSON layout of its
+own and repeats it until the token budget runs out. The tuned model answers with the exact JSON layout of the training
 data and stops after it.
 
 Now look at the lists: are the spans copied exactly, under the right key? The learning rate
@@ -678,6 +678,36 @@ job: test F1 0.21 instead of 0.93) the tuned model already wrote the exact layou
 lists *empty*: given the opening `["` of a list it copied names correctly, but at the one token per
 type that chooses between `[]` and `["` it had not overcome its preference for `[]`. 04 measures
 the whole test split, and its exercise 1 reproduces the slow run.
+
+## The same run on one GPU, several GPUs, several machines
+
+Nothing in this notebook is CPU-specific. `run_training` is what `python -m tunebook train CONFIG`
+runs, and that command scales by being started through `accelerate launch`, which runs one copy per
+GPU; the transformers Trainer inside does the distributed part. In a terminal, from the repository
+root:
+
+```bash
+# one GPU (bf16 or fp16 and the optimizer are chosen and printed, as here)
+python -m tunebook train configs/smollm2-135m-instruct/lora.yaml
+# 4 GPUs on one machine, DDP: each GPU trains on its own quarter of every batch
+accelerate launch --config_file configs/accelerate/multi_gpu_ddp.yaml --num_processes 4 \
+    -m tunebook train configs/smollm2-135m-instruct/lora.yaml
+# a model too big for one GPU: FSDP shards it (QLoRA included)
+accelerate launch --config_file configs/accelerate/fsdp_qlora.yaml --num_processes 2 \
+    -m tunebook train configs/llama-3-8b/qlora-4bit.yaml
+# 2 machines x 8 GPUs: the same command on each node, with its own --machine_rank
+accelerate launch --config_file configs/accelerate/multi_gpu_ddp.yaml --num_machines 2 \
+    --machine_rank 0 --num_processes 16 --main_process_ip 10.0.0.1 --main_process_port 29500 \
+    -m tunebook train configs/llama-3-8b/lora.yaml
+# no GPU? two CPU processes exercise the same multi-process path (what tests/test_distributed.py runs)
+CUDA_VISIBLE_DEVICES= accelerate launch --config_file configs/accelerate/cpu_two_processes.yaml \
+    -m tunebook train configs/smollm2-135m-instruct/lora.yaml --set train.max_steps=5
+```
+
+Two things change with N processes: the effective batch is `per_device_batch_size ×
+gradient_accumulation_steps × N` (divide the accumulation by N to keep the run's results), and
+only the main process prints, saves the adapter and writes the metrics. `docs/scaling.md` explains
+each launch config, and `configs/llama-3-8b/` holds 7B-class recipes with their memory estimates.
 
 ## Exercises
 
@@ -732,8 +762,11 @@ updated. So they can be stored in fewer bits:
   values ("outliers") are computed in fp16 instead. About 2× smaller than bf16.
 
 Only the linear layers inside the transformer blocks are quantized; embeddings, the output head and
-the norms stay in full precision (peft's `prepare_model_for_kbit_training` casts them to fp32 for
-stable training).
+the norms stay unquantized, in the compute dtype (bf16 here), like the frozen base of 02. Many
+tutorials call peft's `prepare_model_for_kbit_training`, which upcasts them to fp32; tunebook does
+not: RMSNorm computes in fp32 internally anyway, the fp32 copy of SmolLM2's embedding alone would
+add 57 MB to a 4-bit model of about 110 MB, and FSDP cannot shard a model of mixed dtypes (see
+`docs/scaling.md`).
 
 # %%
 from tunebook.environment import choose_device
@@ -763,7 +796,7 @@ from tunebook.models import load_model
 NAME = qlora_config.model.name
 footprints = {}
 for label, quantization in (("LoRA", None), ("8-bit LoRA", "8bit"), ("QLoRA 4-bit", "4bit")):
-    model = load_model(NAME, quantization=quantization, dtype=None if quantization else torch.bfloat16)
+    model = load_model(NAME, quantization=quantization, dtype=torch.bfloat16)  # as training loads it
     footprints[label] = model_memory_bytes(model)
     print(f"{label:<12}{footprints[label] / 2**20:7.0f} MB")
     del model
@@ -824,28 +857,59 @@ comparison.to_csv(OUT / "comparison.csv")
 # %% [md]
 How to read the table:
 
-- **Model footprint** shrinks as expected (bf16 → int8 → NF4, minus the unquantized embeddings).
-- **Peak memory** does not follow the footprint for this small model, and on a CPU the quantized
-  runs can even peak *higher*: as 00 showed, activations and the 49k-wide logits dominate at 135M
-  parameters; `prepare_model_for_kbit_training` casts the unquantized embeddings to fp32 (28M
-  parameters, 113 MB); the weights are read from disk in full precision and quantized while
-  loading; and the process's peak also counts Python, the libraries and the data. The LoRA peak of
-  02 was measured inside the notebook kernel (a little extra for Jupyter). On a 7B+ model on a GPU
-  the weights dominate and QLoRA's saving approaches the 3–4× of the footprint (see 00).
+- **Model footprint** shrinks as expected, bf16 → int8 → NF4 (in the committed run 257 → 156 →
+  106 MB, 41 %); the unquantized embedding matrix (28M parameters, 57 MB in bf16) keeps NF4 above
+  a quarter.
+- **Peak memory** barely follows the footprint for this small model: as 00 showed, activations and
+  the 49k-wide logits (with their fp32 copies in the loss) dominate at 135M parameters, and the
+  process's peak also counts Python, the libraries, the data and the loading transient (4-bit and
+  8-bit loading read every weight in full precision to quantize it, which is why 8-bit can peak
+  *above* LoRA here). The LoRA peak of 02 was measured inside the notebook kernel (a little extra
+  for Jupyter). On a 7B+ model on a GPU the weights dominate and QLoRA's saving approaches the
+  3–4× of the footprint (see 00).
 - **Speed**: compare it only between runs made on the same machine under the same load (the LoRA run
   comes from 02, possibly at another time). Quantized steps are slower — every matmul first dequantizes its weights (4-bit) or
   splits out the outlier columns (8-bit). On a CPU the bitsandbytes kernels are much slower than on
   a GPU, so the gap here is larger than you will see on CUDA.
-- **Loss**: the curves lie close to each other. The adapters learn to work with the rounded base
-  weights; the QLoRA paper found 4-bit NF4 + LoRA matches 16-bit LoRA on its benchmarks.
+- **Loss**: the curves lie close to each other; QLoRA ends a little higher. The adapters learn to
+  work with the rounded base weights; the QLoRA paper found 4-bit NF4 + LoRA matches 16-bit LoRA
+  on its benchmarks.
+
+## Does the 4-bit base cost accuracy?
+
+Loss is only a proxy; the task metric decides. Evaluate the QLoRA adapter the way 04 evaluates
+LoRA — greedy decoding on the 150 held-out test sentences, on the 4-bit base it was trained with —
+and put it next to the LoRA adapter (04's results when 04 has run, otherwise evaluated here).
+
+# %%
+import json
+
+import pandas as pd
+
+from tunebook.evaluation import run_evaluation
+
+lora_results = Path(lora_config.train.output_dir) / "eval" / "results.json"
+task_metrics = {
+    "LoRA": (json.loads(lora_results.read_text()) if lora_results.is_file()
+             else run_evaluation(lora_config, compare_base=False))["tuned"],
+    "QLoRA 4-bit": run_evaluation(qlora_config, compare_base=False)["tuned"],
+}
+columns = ["f1", "precision", "recall", "valid_json_rate", "exact_match", "perplexity"]
+pd.DataFrame({label: {c: m[c] for c in columns} for label, m in task_metrics.items()}).T.round(3)
+
+# %% [md]
+In the committed run QLoRA reached test F1 0.928 against LoRA's 0.955, with the same valid-JSON
+rate, from a base 41 % the size: close, not equal. Most of the gap is in exact match (whole
+sentences right), where every small entity error counts. With a 7B model the quantization error is
+a smaller share of what the model knows; the QLoRA paper found no gap on its benchmarks.
 
 A QLoRA adapter is trained on the *dequantized NF4* weights: merge it into those, not into the
 original ones and not back into 4 bits (05 measures why).
 
 ## Exercises
 
-1. Evaluate the QLoRA adapter like 04 does: `run_evaluation(qlora_config)`. Is its F1 within a
-   point or two of the LoRA adapter's?
+1. Evaluate the 8-bit adapter the same way: `run_evaluation(eightbit_config, compare_base=False)`.
+   Where does it land between LoRA and QLoRA?
 2. Train QLoRA with `train.per_device_batch_size=16`. Which grows more, peak memory or speed?
 3. With `model.quantization: 4bit`, set `train.gradient_checkpointing: true`. How much peak memory
    does it save here, and what does it cost in seconds per step?
@@ -962,7 +1026,8 @@ for category, examples in summary["tuned"]["error_examples"].items():
 
 # %% [md]
 The base model's mistakes are all of the first kind: it answers in its own format, so nothing can be
-compared. The tuned model's JSON is always valid; read its remaining mistakes above by category —
+compared. The tuned model's JSON is valid in all but one answer, which fell into a repetition
+loop and ran out of tokens; read its remaining mistakes above by category —
 a missed entity lowers recall, an invented or wrongly typed one lowers precision. Every prediction,
 base and tuned, is in `predictions.jsonl`:
 
@@ -1105,7 +1170,8 @@ and `merge_into_quantized_demo` measures each against the unmerged 4-bit model +
 model as it was trained):
 
 - **dequantized merge** (what `merge_adapter` does for QLoRA adapters): dequantize NF4 to fp32,
-  then add B·A. Only the reference's own bf16 compute rounding is left.
+  then add B·A. What is left is rounding: the reference computes in bf16, and bitsandbytes'
+  CPU kernels dequantize NF4 blocks to bf16.
 - **quantized merge**: add B·A and round the result back to NF4. The update is mostly smaller than
   the gap between two NF4 levels, so much of it is rounded away, and W0's rounding moves too.
 - **full-precision base merge**: add B·A to the *original* fp32 weights. The adapter learned to
@@ -1120,8 +1186,8 @@ demo = merge_into_quantized_demo(NAME, qlora_adapter, tokenizer, prompts)
 pd.Series(demo, name="max |logit difference| to the trained 4-bit model").to_frame()
 
 # %% [md]
-The dequantized merge is the floor: the reference itself computes in bf16, so about this much
-difference is rounding. The quantized merge lands further away, and the merge into the original
+The dequantized merge is the floor: about this much difference is bf16 rounding.
+The quantized merge lands many times further away, and the merge into the original
 full-precision weights is far off — the adapter was trained to correct NF4 weights that no longer
 exist there. The longer the adapter was trained, the larger its update and the larger the gap of the
 quantized merge.
