@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,9 +171,53 @@ def test_resume_continues_exactly(first_run, tmp_path) -> None:
             torch.testing.assert_close(f.get_tensor(key), g.get_tensor(key), atol=1e-5, rtol=1e-4)
 
 
+def test_resume_skips_a_checkpoint_cut_short(first_run, tmp_path, capsys) -> None:
+    """Killed while writing checkpoint-4: resume from checkpoint-2 and still end where the
+    uninterrupted run ended."""
+    config, result = first_run
+    run_dir = tmp_path / "cut-short"
+    shutil.copytree(config.train.output_dir, run_dir)
+    state = run_dir / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])  # what a kill in the middle of the write leaves
+    shutil.rmtree(run_dir / "adapter")
+    (run_dir / "metrics.json").unlink()
+
+    resumed = run_training(apply_overrides(config, {"train.output_dir": str(run_dir)}), resume=True)
+    out = capsys.readouterr().out
+    assert "skipping checkpoint-4" in out and "continuing from checkpoint-2" in out
+    assert 0.3 < resumed.metrics["trained_tokens"] / result.metrics["trained_tokens"] < 0.7
+    assert losses(resumed.metrics) == pytest.approx(losses(result.metrics), abs=1e-4)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_model_dir, tiny_dataset, tmp_path) -> None:
+    """SIGKILL a real `tunebook train` process after its first checkpoint, `--resume`, and compare
+    with an uninterrupted run of the same config."""
+    config = make_config(tiny_model_dir, tiny_dataset, tmp_path / "killed",
+                         **{"train.max_steps": 24, "train.eval_steps": 12})
+    config_path = tmp_path / "killed.yaml"
+    save_config(config, config_path)
+    process = subprocess.Popen([sys.executable, "-m", "tunebook", "train", str(config_path)],
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_state = tmp_path / "killed" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not first_state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    assert first_state.exists() and not (tmp_path / "killed" / "metrics.json").exists(), \
+        "the run must be killed after its first checkpoint and before it finished"
+
+    assert cli.main(["train", str(config_path), "--resume"]) == 0
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    straight = run_training(apply_overrides(config, {"train.output_dir": str(tmp_path / "straight")}))
+    assert resumed["global_step"] == 24
+    assert resumed["final_train_loss"] == pytest.approx(straight.metrics["final_train_loss"], abs=1e-4)
+    assert resumed["final_eval_loss"] == pytest.approx(straight.metrics["final_eval_loss"], abs=1e-4)
+
+
 def test_resume_without_checkpoint(tiny_model_dir, tiny_dataset, tmp_path) -> None:
     config = make_config(tiny_model_dir, tiny_dataset, tmp_path / "never-ran")
-    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint in .*never-ran"):
+    with pytest.raises(FileNotFoundError, match=r"--resume: no complete checkpoint in .*never-ran"):
         run_training(config, resume=True)
     assert not (tmp_path / "never-ran").exists()  # failed before creating anything
 

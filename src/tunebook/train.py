@@ -19,6 +19,7 @@ A run folder (``train.output_dir``) holds::
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -180,12 +181,36 @@ def training_arguments(config: RunConfig, run_dir: Path, precision: str, optim: 
     )
 
 
+def last_complete_checkpoint(checkpoints: Path) -> Path:
+    """The newest ``checkpoint-N`` in `checkpoints` that was saved completely.
+
+    The Trainer writes a checkpoint's files one after another and ``trainer_state.json`` last, so
+    a run killed while saving leaves a newest folder without a readable state file; resuming from
+    it would fail or load half a state. Such folders are skipped (and said so): nothing is lost
+    but the steps since the previous checkpoint.
+    """
+    def step(path: Path) -> int:
+        return int(path.name.split("-")[-1])
+
+    candidates = sorted((p for p in checkpoints.glob("checkpoint-*")
+                         if p.is_dir() and p.name.split("-")[-1].isdigit()), key=step, reverse=True)
+    for candidate in candidates:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            say(f"--resume: skipping {candidate.name}: its trainer_state.json is missing or cut short "
+                "(the run stopped while saving it)")
+            continue
+        say(f"--resume: continuing from {candidate.name}")
+        return candidate
+    raise FileNotFoundError(f"--resume: no complete checkpoint in {checkpoints}; "
+                            "run without --resume to start from scratch.")
+
+
 def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
     """Prepare data, load the model, train LoRA, save adapter + metrics + plots. Returns the paths."""
     run_dir = Path(config.train.output_dir)
-    checkpoints = run_dir / "checkpoints"
-    if resume and not any(checkpoints.glob("checkpoint-*")):
-        raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints}; run without --resume to start.")
+    resume_from = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
     run_dir.mkdir(parents=True, exist_ok=True)
     device = choose_device()
     precision = choose_precision(config.train.precision, device.value)
@@ -233,7 +258,7 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
         processing_class=tokenizer,
     )
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     runtime = time.perf_counter() - start
 
     adapter_dir = run_dir / "adapter"
