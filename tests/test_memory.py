@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from conftest import REPO_ROOT
+from tunebook import cli
 from tunebook.lora import TARGET_MODULES_BY_ARCHITECTURE, UnknownTargetModule
 from tunebook.memory import (
     GiB,
@@ -145,10 +150,28 @@ def test_unknown_name_is_a_clear_error():
 
 
 def test_cli_estimate_prints_breakdown(capsys) -> None:
-    from tunebook import cli
 
     assert cli.main(["estimate", "--model", "7b", "--method", "qlora-4bit", "--seq-len", "2048",
                      "--gradient-checkpointing"]) == 0
     out = capsys.readouterr().out
     assert "7b (6.74B parameters), training" in out
     assert "qlora-4bit:" in out and "weights" in out and "GiB" in out
+
+
+TOTAL_LINE = re.compile(r"#\s+([\w-]+): ([\d.]+) GiB =")  # "#   lora: 19.42 GiB = weights ..."
+CONFIGS_WITH_ESTIMATES = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml")
+                                if TOTAL_LINE.search(p.read_text()))
+
+
+@pytest.mark.parametrize("path", CONFIGS_WITH_ESTIMATES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_memory_figures_in_config_headers_match_the_estimator(path: Path, capsys) -> None:
+    """A config header quoting `tunebook estimate` must quote what it prints today."""
+    text = path.read_text()
+    command = re.search(r"python -m tunebook estimate (.+)", text).group(1).split()
+    method, total = TOTAL_LINE.search(text).groups()
+    assert cli.main(["estimate", *command]) == 0
+    assert f"{method}: {total} GiB" in capsys.readouterr().out
+
+
+def test_some_configs_quote_estimates() -> None:
+    assert len(CONFIGS_WITH_ESTIMATES) >= 2
