@@ -313,22 +313,36 @@ def test_sharded_training_is_read_from_accelerate_variables(monkeypatch, variabl
     assert environment.sharded_training() == expected
 
 
-def test_4bit_storage_is_uint8_alone_and_the_compute_dtype_under_fsdp(monkeypatch, capsys) -> None:
-    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+@pytest.fixture
+def not_sharded(monkeypatch):
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_4bit_storage_is_uint8_alone_and_the_compute_dtype_under_fsdp(not_sharded, capsys) -> None:
     assert make_quantization_config("4bit").bnb_4bit_quant_storage == torch.uint8
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    not_sharded.setenv("ACCELERATE_USE_FSDP", "true")
     four = make_quantization_config("4bit")
     assert four.bnb_4bit_quant_storage == four.bnb_4bit_compute_dtype != torch.uint8
     assert "fsdp shards one float dtype per unit" in capsys.readouterr().out
+    # The storage follows the dtype the model is loaded in (e.g. train.precision: fp16 on a GPU).
+    half = make_quantization_config("4bit", compute_dtype=torch.float16)
+    assert half.bnb_4bit_quant_storage == half.bnb_4bit_compute_dtype == torch.float16
+
+
+def test_8bit_under_sharding_is_a_clear_error(not_sharded) -> None:
+    not_sharded.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    not_sharded.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(QuantizationUnavailable, match=r"'8bit' cannot be sharded by deepspeed-zero3.*4bit"):
+        make_quantization_config("8bit")
 
 
 def test_sharded_4bit_model_has_one_float_dtype_and_trains(saved_tiny_llama: Path, tiny_llama,
-                                                           monkeypatch) -> None:
+                                                           not_sharded) -> None:
     """What FSDP-QLoRA needs, checked on CPU: every tensor (4-bit packed ones included) in one
     float dtype, no fp32 upcast by apply_lora, and gradients reaching the adapters."""
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    monkeypatch.setattr(quantization, "choose_compute_dtype",
-                        lambda device=None: (torch.bfloat16, environment.Decision("bfloat16", "test")))
+    not_sharded.setenv("ACCELERATE_USE_FSDP", "true")
     model = load_model(str(saved_tiny_llama), quantization="4bit", dtype=torch.bfloat16)
     assert is_quantized(model)
     assert any(p.__class__.__name__ == "Params4bit" for p in model.parameters())
@@ -344,9 +358,8 @@ def test_sharded_4bit_model_has_one_float_dtype_and_trains(saved_tiny_llama: Pat
 
 
 def test_quantized_training_keeps_unquantized_weights_in_the_loaded_dtype(saved_tiny_llama: Path,
-                                                                         monkeypatch) -> None:
+                                                                         not_sharded) -> None:
     """No fp32 upcast of embeddings and norms (peft's prepare_model_for_kbit_training would)."""
-    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     model = load_model(str(saved_tiny_llama), quantization="8bit", dtype=torch.bfloat16)
     model = apply_lora(model, LoraConfigSettings(r=4), verbose=False)
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}

@@ -199,8 +199,16 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, tiny_dataset, tmp
     process = subprocess.Popen([sys.executable, "-m", "tunebook", "train", str(config_path)],
                                cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_state = tmp_path / "killed" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+
+    def first_checkpoint_complete() -> bool:
+        try:
+            json.loads(first_state.read_text())
+            return True
+        except (OSError, ValueError):  # not there yet, or still being written
+            return False
+
     deadline = time.monotonic() + 300
-    while not first_state.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not first_checkpoint_complete() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.kill()
     process.wait()

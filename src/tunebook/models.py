@@ -165,8 +165,9 @@ def load_model(
 
     quantization: None, "4bit" (NF4 + double quantization, for QLoRA) or "8bit" (LLM.int8).
     dtype: dtype of the unquantized weights (all of them without quantization; embeddings, norms
-    and lm_head with it). None keeps fp32 on CPU and uses bf16/fp16 on GPUs to halve memory;
-    training passes the compute dtype (see tunebook.train.frozen_weight_dtype).
+    and lm_head with it), and the 4-bit compute dtype. None: on GPUs bf16/fp16 (half the memory),
+    on CPU the checkpoint's own dtype (fp32 for the embedded models); training passes its
+    precision's dtype (see tunebook.train.frozen_weight_dtype).
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; use one of {TASKS}.")
@@ -187,11 +188,14 @@ def load_model(
         # With quantization this is the dtype of what stays unquantized (embeddings, norms, lm_head).
         kwargs["dtype"] = dtype
     if quantization:
-        kwargs["quantization_config"] = make_quantization_config(quantization)
+        # 4-bit layers compute in `dtype` when given (training passes its precision's dtype).
+        kwargs["quantization_config"] = make_quantization_config(quantization, compute_dtype=dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
     elif sharded_training():
-        pass  # FSDP / ZeRO-3 place the shards themselves; a device_map would load a full copy per rank
+        # FSDP / ZeRO-3 place the shards themselves. Under tunebook.train the TrainingArguments,
+        # created first, have pinned this rank's GPU, where bitsandbytes then puts 4-bit weights.
+        pass
     elif cuda:
         # Load straight onto this process's GPU (under accelerate: its LOCAL_RANK).
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}

@@ -72,7 +72,8 @@ def choose_compute_dtype(device: str | None = None) -> tuple[torch.dtype, Decisi
     return dtype, Decision(str(dtype).replace("torch.", ""), f"4-bit compute dtype; {precision.reason}")
 
 
-def make_quantization_config(mode: str, verbose: bool = True) -> BitsAndBytesConfig:
+def make_quantization_config(mode: str, verbose: bool = True,
+                             compute_dtype: torch.dtype | None = None) -> BitsAndBytesConfig:
     """A BitsAndBytesConfig for `mode` ("4bit" or "8bit") suited to this device and launch.
 
     Under FSDP or DeepSpeed ZeRO-3 the packed 4-bit weights are stored in the compute dtype instead
@@ -81,23 +82,33 @@ def make_quantization_config(mode: str, verbose: bool = True) -> BitsAndBytesCon
     are the same; only their label changes.
     """
     check_quantization_available(mode)
+    sharding = sharded_training()
+    if mode == "8bit" and sharding:
+        raise QuantizationUnavailable(
+            f"quantization='8bit' cannot be sharded by {sharding}: LLM.int8 weights are integers, and "
+            "FSDP/ZeRO-3 shard only floating-point tensors. Use model.quantization: 4bit (stored in a "
+            "float dtype when sharded), or DDP (configs/accelerate/multi_gpu_ddp.yaml) for 8-bit.")
     if mode == "8bit":
         # LLM.int8: int8 weights, outlier features (|x| > threshold) kept in fp16.
         return BitsAndBytesConfig(load_in_8bit=True)
-    dtype, decision = choose_compute_dtype()
+    if compute_dtype is None:
+        compute_dtype, decision = choose_compute_dtype()
+    else:
+        decision = Decision(str(compute_dtype).replace("torch.", ""), "4-bit compute dtype: the dtype the model is loaded in")
     if verbose:
         print(f"[tunebook] {decision}")
     storage = torch.uint8
-    sharding = sharded_training()
     if sharding:
-        storage = dtype
+        # The same dtype as the unquantized rest of the model (load_model passes it as `dtype`).
+        storage = compute_dtype
         if verbose:
-            print(f"[tunebook] {Decision(f'4-bit storage {dtype}'.replace('torch.', ''), f'{sharding} shards one float dtype per unit')}")
+            name = str(storage).replace("torch.", "")
+            print(f"[tunebook] {Decision(f'4-bit storage {name}', f'{sharding} shards one float dtype per unit')}")
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_compute_dtype=compute_dtype,
         bnb_4bit_quant_storage=storage,
     )
 
@@ -105,4 +116,3 @@ def make_quantization_config(mode: str, verbose: bool = True) -> BitsAndBytesCon
 def is_quantized(model: torch.nn.Module) -> bool:
     """True when the model was loaded with 4-bit or 8-bit bitsandbytes weights."""
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
-

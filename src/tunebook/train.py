@@ -233,6 +233,15 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
         raise ValueError(f"train.pad_to_length={config.train.pad_to_length} is shorter than the longest "
                          f"example ({longest} tokens); raise it, or set it to null for dynamic padding.")
 
+    eval_data = tokenized["validation"]
+    if config.train.max_eval_examples is not None:
+        eval_data = eval_data.select(range(min(config.train.max_eval_examples, len(eval_data))))
+    # TrainingArguments before the model, as transformers' FSDP/DeepSpeed recipes do: creating them
+    # starts the process group, pins this rank's GPU and registers a ZeRO-3 config, so that loading
+    # places 4-bit weights on this rank's GPU and lets FSDP (cpu_ram_efficient_loading) and ZeRO-3
+    # (zero.Init) avoid a full copy of the model per rank.
+    args = training_arguments(config, run_dir, precision.value, optim.value, len(eval_data) > 0)
+
     # The seed is set *before* the adapter is created: LoRA's A matrices are random, so the same
     # seed gives the same initial adapter and the same loss curve.
     set_seed(config.train.seed)
@@ -244,14 +253,11 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
     say(str(checkpointing))
     model = apply_lora(model, config.lora, config.model.task, checkpointing.value.endswith(" on"),
                        verbose=main_process)
-    eval_data = tokenized["validation"]
-    if config.train.max_eval_examples is not None:
-        eval_data = eval_data.select(range(min(config.train.max_eval_examples, len(eval_data))))
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) if classification \
         else CompletionCollator(tokenizer, pad_to_length=config.train.pad_to_length)
     trainer = TunebookTrainer(
         model=model,
-        args=training_arguments(config, run_dir, precision.value, optim.value, len(eval_data) > 0),
+        args=args,
         train_dataset=tokenized["train"],
         eval_dataset=eval_data if len(eval_data) else None,
         data_collator=collator,
