@@ -111,8 +111,8 @@ Training memory is a sum of a few terms that follow from the model's *shape*
 | activations | saved for the backward pass; grow with batch × sequence length | same |
 | logits | batch × sequence × vocabulary, fp32 | same |
 
-We ask for the settings of `configs/smollm2-135m-instruct/lora.yaml`: batch 8, examples of about
-120 tokens (so sequences of 128 after padding to a multiple of 8).
+We ask for the settings of `configs/smollm2-135m-instruct/lora.yaml` at batch 8 and a generous
+128 tokens per sequence (the longest example is 118 tokens; padding goes to a multiple of 8).
 
 # %%
 from tunebook.memory import GiB, estimate_memory, shape_from_name
@@ -135,7 +135,9 @@ gradient is as big again). That is why quantizing the base saves little here, an
 peak memories close to each other. On a CPU the measured peak (the process's resident memory)
 also includes Python and the libraries, about 0.5–1 GB, which the estimate leaves out.
 
-Treat every estimate as ±15 %: allocator slack and kernels' scratch buffers move the real peak.
+The tensors are predicted within about 15 % (checked against the bytes autograd saves for
+backward). A CPU process's peak resident memory measured about **twice** the estimate in
+`make bench` (allocator slack, transient copies, loading): on a CPU, plan for 2×.
 
 ## 4. Which GPU for which model?
 
@@ -213,7 +215,7 @@ What each lever costs, and the config key that pulls it:
   tunebook drops (and counts) examples that are too long instead of cutting their answers; check
   the length histogram in 01 first — cutting the long tail is cheap, cutting the middle loses data.
 - **QLoRA** (`model.quantization: 4bit`, see `qlora-4bit.yaml`): weights ~4× smaller, steps slower
-  (every matmul dequantizes its weights); quality usually within noise of LoRA (see 03).
+  (every matmul dequantizes its weights); quality close to LoRA's (03 measures it).
 - Still too big: a GPU with more memory, several GPUs (`accelerate launch` with FSDP/DeepSpeed), or
   a smaller model.
 
@@ -560,8 +562,8 @@ print(yaml.safe_dump({k: config_to_dict(config)[k] for k in ("model", "lora", "t
 | `lora.alpha` | 32 | the update is scaled by alpha/r | alpha = 2r is the common default; keeping alpha/r fixed when you change r keeps the effective step size similar |
 | `lora.dropout` | 0 | dropout on the LoRA input only | with dropout > 0, peft keeps a dropped-out copy of every adapted input: 3.8 instead of 3.0 s/step here (measured), and less than one epoch over 1.3k examples does not overfit. Use 0.05–0.1 for several epochs on small data |
 | `lora.target_modules` | auto | which linear layers get adapters | `auto` = all attention and MLP projections (q, k, v, o, gate, up, down): adapting all of them beats attention-only at the same parameter budget (QLoRA paper) |
-| `train.learning_rate` | 1e-3 | AdamW step size | LoRA tolerates ~10× the rate of full fine-tuning; on this small model and a 150-step budget 1e-3 beat the common 2e-4 by far (test F1 0.93 vs 0.21) |
-| `train.max_steps` | 150 | optimizer steps | ~1 epoch of 1,300 examples at batch 8. Fewer is much worse at this learning rate: 120 steps reached test F1 0.79 and exact match 0.34, against 0.92 and 0.78 (measured) |
+| `train.learning_rate` | 1e-3 | AdamW step size | LoRA tolerates ~10× the rate of full fine-tuning; on this small model and a 150-step budget 1e-3 beat the common 2e-4 by far (test F1 0.93 vs 0.21, measured with an earlier, longer instruction) |
+| `train.max_steps` | 150 | optimizer steps | ~1 epoch of 1,300 examples at batch 8. Fewer is much worse at this learning rate: 120 steps reached test F1 0.79 and exact match 0.34, against 0.92 and 0.78 for 150 (both measured with an earlier, longer instruction) |
 | `train.gradient_checkpointing` | auto | recompute activations in the backward pass instead of storing them | `auto` turns it on from 5B parameters; at 135M it would only cost ~30 % speed (the decision is printed) |
 | `train.lr_scheduler`, `warmup_ratio` | cosine, 0.05 | warm up over the first 5 % of steps, then decay | the usual LoRA recipe; warm-up protects the fresh adapter from large first steps |
 
@@ -803,7 +805,7 @@ for label, quantization in (("LoRA", None), ("8-bit LoRA", "8bit"), ("QLoRA 4-bi
 
 # %% [md]
 Less than 4× smaller: SmolLM2's embedding matrix (49,152 × 576, 28M of its 135M parameters) is
-not quantized and stays in full precision. For a 7B model the blocks are ~97 % of the weights and
+not quantized and stays in bf16. For a 7B model the blocks are ~97 % of the weights and
 4-bit gets close to the full 4× (see the table in 00).
 
 ## Train all three
@@ -1080,8 +1082,8 @@ metrics reward the style as much as the fact. Report exact match with them, and 
 1. Train with the lower learning rate 2e-4 (`"train.learning_rate": 2e-4`) with
    `train.run_training` and evaluate again. Which metric collapses, and which error category
    explains it?
-2. Evaluate the QLoRA adapter of 03:
-   `run_evaluation(notebook_config("configs/smollm2-135m-instruct/qlora-4bit.yaml", SMOKE))`.
+2. Evaluate the 8-bit adapter of 03 with the base comparison and error analysis of this notebook:
+   `run_evaluation(notebook_config("configs/smollm2-135m-instruct/lora-8bit.yaml", SMOKE))`.
 3. Lower `eval.max_new_tokens` to 40. Which metric drops, and which error category explains it?
 4. Find a tuned `wrong_type` error in `predictions.jsonl`. Would a rule in the data README have
    helped the model (more training examples of that pattern)?

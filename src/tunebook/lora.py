@@ -10,12 +10,13 @@ r·(d_in + d_out) parameters instead of d_in·d_out. The knobs:
 - ``r`` (rank): capacity of the update. 8-16 suits narrow tasks; larger r rarely helps small data.
 - ``alpha``: scales the update by alpha/r; alpha = 2r is a common default that keeps the effective
   learning rate roughly stable when you change r.
-- ``dropout``: on the LoRA input only; a little (0.05) regularises small datasets.
+- ``dropout``: on the LoRA input only; 0.05-0.1 regularises several epochs on small data, but it
+  costs a dropped-out copy of every adapted input (tunebook's SmolLM2 configs use 0 for speed).
 - ``target_modules``: which linear layers get adapters. Adapting all attention *and* MLP
   projections (QLoRA paper) beats attention-only at the same parameter budget.
 
-With a 4/8-bit base (QLoRA), W0 stays quantized and frozen; A and B are ordinary fp32 tensors, and
-gradients flow through the dequantized W0.
+With a 4/8-bit base (QLoRA), W0 stays quantized and frozen; A and B are ordinary fp32 tensors (in
+the base's dtype under FSDP/ZeRO-3), and gradients flow through the dequantized W0.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def apply_lora(
     The same path serves full-precision and 4/8-bit bases. Unlike peft's
     `prepare_model_for_kbit_training`, the frozen unquantized weights (embeddings, lm_head, norms)
     stay in the dtype they were loaded in (the compute dtype) instead of being upcast to fp32: that
-    upcast doubles the largest unquantized tensors (SmolLM2's 28M-parameter embedding: 57 MB ->
-    113 MB, a third of its 4-bit footprint) and breaks FSDP's uniform-dtype sharding. Stability does
+    upcast doubles the largest unquantized tensors (SmolLM2's 28M-parameter embedding: +57 MB on a
+    ~110 MB 4-bit model) and breaks FSDP's uniform-dtype sharding. Stability does
     not need it: RMSNorm computes in fp32 internally, and the trained adapters stay fp32 (below).
     """
     config = make_lora_config(model, settings, task)
