@@ -186,7 +186,7 @@ def last_complete_checkpoint(checkpoints: Path) -> Path:
 
     The Trainer writes a checkpoint's files one after another and ``trainer_state.json`` last, so
     a run killed while saving leaves a newest folder without a readable state file; resuming from
-    it would fail or load half a state. Such folders are skipped (and said so): nothing is lost
+    it would fail or load half a state. Such folders are removed (and said so): nothing is lost
     but the steps since the previous checkpoint.
     """
     def step(path: Path) -> int:
@@ -198,8 +198,11 @@ def last_complete_checkpoint(checkpoints: Path) -> Path:
         try:
             json.loads((candidate / "trainer_state.json").read_text())
         except (OSError, ValueError):
-            say(f"--resume: skipping {candidate.name}: its trainer_state.json is missing or cut short "
+            # Useless to resume from, and in the way: the Trainer would later write the same step
+            # into the folder, on top of the stale half-written files.
+            say(f"--resume: removing {candidate.name}: its trainer_state.json is missing or cut short "
                 "(the run stopped while saving it)")
+            shutil.rmtree(candidate)
             continue
         say(f"--resume: continuing from {candidate.name}")
         return candidate
