@@ -88,7 +88,7 @@ def variant_overrides(name: str, args: argparse.Namespace, run_dir: Path) -> lis
         "train.logging_steps=1",  # every step's loss, for the final-loss window
         f"train.eval_steps={args.steps}",  # one evaluation, after the last step (excluded from timing)
         f"train.save_steps={args.steps}",  # one checkpoint, at the end (Trainer saves there anyway)
-        f"train.max_eval_examples={args.eval_examples}",  # 0 turns evaluation off
+        f"train.eval_loss_examples={args.eval_examples}",  # 0 turns evaluation off
     ]
     return common + VARIANTS[name][1]
 

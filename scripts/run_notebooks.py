@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 sys.path.insert(0, str(ROOT / "src"))  # works before `pip install -e .` too
 
-from tunebook.notebook import (ensure_kernel, execute_notebook, notebook_problems,  # noqa: E402
-                               relative_papermill_metadata)
+from notebook_tools import ensure_kernel, execute_notebook, notebook_problems, relative_papermill_metadata  # noqa: E402
 
 
 def select(names: list[str]) -> list[Path]:

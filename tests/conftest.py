@@ -46,6 +46,72 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     torch.set_num_threads(_DEFAULT_THREADS if "integration" in item.keywords else 1)
 
 
+# Chat templates of five model families, as their tokenizer_config.json files ship them (no
+# download: they are applied to the SmolLM2 vocabulary with each family's special tokens).
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
+    "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
+    "'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles "
+    "are supported!') }}{% endif %}{% endfor %}")
+# style -> (template, bos, eos, further special tokens, the tokenizer itself adds BOS, end of turn)
+CHAT_STYLES = {
+    "chatml": (None, None, None, [], False, "<|im_end|>"),  # SmolLM2's own tokenizer
+    "llama3": (LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|end_of_text|>",
+               ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], True, "<|eot_id|>"),
+    "gemma": (GEMMA_TEMPLATE, "<bos>", "<eos>", ["<start_of_turn>", "<end_of_turn>"], True, "<end_of_turn>"),
+    "phi3": (PHI3_TEMPLATE, "<s>", "<|endoftext|>", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], False,
+             "<|end|>"),
+    "mistral": (MISTRAL_TEMPLATE, "<s>", "</s>", [], True, "</s>"),
+    "plain-bos": (None, "<s>", "</s>", [], True, "</s>"),  # a base model: no chat template, adds BOS
+}
+
+
+def make_chat_tokenizer(base, style: str):
+    """A copy of `base` (a fast tokenizer) dressed as `style`: its template and special tokens."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    template, bos, eos, extra, adds_bos, _ = CHAT_STYLES[style]
+    tokenizer = copy.deepcopy(base)
+    if style == "chatml":
+        return tokenizer
+    tokenizer.add_special_tokens({"bos_token": bos, "eos_token": eos, "pad_token": eos,
+                                  "additional_special_tokens": extra})
+    tokenizer.chat_template = template
+    special = [(bos, tokenizer.convert_tokens_to_ids(bos))] if adds_bos else []
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A" if adds_bos else "$A", pair=f"{bos} $A $B" if adds_bos else "$A $B",
+        special_tokens=special)
+    return tokenizer
+
+
+@pytest.fixture(scope="session", params=list(CHAT_STYLES))
+def chat_tokenizer(request, smollm_tokenizer):
+    """Each tokenizer style in turn (ChatML, Llama 3, Gemma, Phi-3, Mistral, a plain BOS-adding one)."""
+    tokenizer = make_chat_tokenizer(smollm_tokenizer, request.param)
+    tokenizer.style = request.param
+    return tokenizer
+
+
 @pytest.fixture(scope="session")
 def smollm_tokenizer():
     """The real SmolLM2-135M-Instruct tokenizer (pad token == eos token == <|im_end|>).
@@ -106,17 +172,17 @@ def tiny_bert():
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
-    """Write `rows` to `path` in the format its suffix names (.jsonl, .json, .csv, .parquet)."""
+    """Write `rows` to `path` in the format its suffix names (.jsonl, .json, .csv, .tsv, .parquet)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     elif suffix == ".json":
         path.write_text(json.dumps(rows, ensure_ascii=False))
-    elif suffix == ".csv":
+    elif suffix in (".csv", ".tsv"):
         fields = list(dict.fromkeys(k for r in rows for k in r))
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
+            writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t" if suffix == ".tsv" else ",")
             writer.writeheader()
             writer.writerows(rows)
     elif suffix == ".parquet":

@@ -33,15 +33,20 @@ def test_there_are_configs_to_check() -> None:
 def test_shipped_config_loads(path: Path) -> None:
     config = load_config(path)
     raw = yaml.safe_load(path.read_text())
-    # Every value written in the file made it into the config (nothing ignored or renamed).
+    # Every value written in the file made it into the config (nothing ignored or renamed); a
+    # variant's own values win over the file it extends.
     resolved = config_to_dict(config)
+    base = raw.pop("extends", None)
     for section, values in raw.items():
         for key, value in (values or {}).items():
             assert resolved[section][key] == value, f"{path}: {section}.{key}"
-    assert config.train.max_steps > 0
+    if base is not None:
+        parent = config_to_dict(load_config(path.parent / base))
+        inherited = [(s, k) for s in parent for k in parent[s] if k not in (raw.get(s) or {})]
+        assert all(resolved[s][k] == parent[s][k] for s, k in inherited), f"{path}: extends {base}"
     assert config.data.recipe in ("instruction", "chat", "classification")
     # A shipped data path must exist relative to the repository root (where commands run).
-    if config.data.path.startswith("data/"):
+    if isinstance(config.data.path, str) and config.data.path.startswith("data/"):
         assert (REPO_ROOT / config.data.path).exists(), f"{path}: data.path {config.data.path} missing"
 
 
@@ -158,7 +163,7 @@ def test_set_style_overrides_parse_values() -> None:
         "train.max_steps=20",
         "train.learning_rate=0.0003",
         "model.quantization=4bit",
-        "train.max_eval_examples=null",
+        "train.eval_loss_examples=null",
         "lora.target_modules=[q_proj, v_proj]",
         "data.labels=[World, Sports]",
         "train.gradient_checkpointing=true",
@@ -167,7 +172,7 @@ def test_set_style_overrides_parse_values() -> None:
     assert config.train.max_steps == 20 and isinstance(config.train.max_steps, int)
     assert config.train.learning_rate == pytest.approx(3e-4)
     assert config.model.quantization == "4bit"
-    assert config.train.max_eval_examples is None
+    assert config.train.eval_loss_examples is None
     assert config.lora.target_modules == ["q_proj", "v_proj"]
     assert config.data.labels == ["World", "Sports"]
     assert config.train.gradient_checkpointing is True

@@ -113,7 +113,7 @@ def make_config(model_dir: Path, data: Path, output_dir: Path, per_device_batch_
         "train.logging_steps": 1,
         "train.eval_steps": STEPS,
         "train.save_steps": STEPS,
-        "train.max_eval_examples": 4,
+        "train.eval_loss_examples": 4,
         "train.seed": 7,
     })
 

@@ -18,7 +18,7 @@ from transformers import LlamaForSequenceClassification
 from tunebook.config import DataConfig, EvalConfig, apply_overrides, load_config
 from tunebook.evaluation import (compare_table, detect_task, error_analysis, evaluate_classification,
                                  evaluate_generation, generate, perplexity, run_evaluation)
-from tunebook.formatting import CompletionCollator, build_prompt, prompt_messages, tokenize_example
+from tunebook.formatting import completion_collator, build_prompt, prompt_messages, tokenize_example
 
 EXTRACTION = DataConfig(recipe="instruction", instruction="Extract the named entities as JSON.")
 
@@ -77,7 +77,7 @@ def test_generation_stops_at_end_token_and_strips_it(tokenizer):
 def test_perplexity_is_exp_of_token_weighted_loss(tokenizer, tiny_model):
     rows = [{"input": s, "output": _ref(person=["Ada"] * (i + 1))} for i, s in enumerate(SENTENCES[:3])]
     data = Dataset.from_list([tokenize_example(r, tokenizer, EXTRACTION) for r in rows])
-    collator = CompletionCollator(tokenizer)
+    collator = completion_collator(tokenizer)
     ppl = perplexity(tiny_model, data, collator, batch_size=2, autocast=False)
     total, count = 0.0, 0
     with torch.no_grad():
@@ -110,8 +110,8 @@ def test_evaluate_classification_writes_confusion_matrix(tokenizer, tmp_path):
     model = LlamaForSequenceClassification(config)
     data = Dataset.from_list([{"input_ids": tokenizer(t)["input_ids"], "label": i % 3}
                               for i, t in enumerate(["a b c", "hello", "news about sport today", "x y", "z"])])
-    result = evaluate_classification(model, data, ["A", "B", "C"], batch_size=2, out_png=tmp_path / "cm.png",
-                                     autocast=False)
+    result = evaluate_classification(model, tokenizer, data, ["A", "B", "C"], batch_size=2,
+                                     out_png=tmp_path / "cm.png", autocast=False)
     assert (tmp_path / "cm.png").stat().st_size > 0
     assert 0 <= result["accuracy"] <= 1 and sum(map(sum, result["confusion_matrix"])) == 5
     # Padding must not change a row's prediction: compare with unpadded one-by-one logits.

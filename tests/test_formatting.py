@@ -13,18 +13,22 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
+from conftest import CHAT_STYLES, make_tiny_llama
+
 from tunebook.config import DataConfig
+from tunebook.errors import TemplateError
 from tunebook.formatting import (
     IGNORE_INDEX,
     PLAIN_PROMPT_TEMPLATE,
-    CompletionCollator,
     answer_text,
     build_prompt,
     check_labels,
+    completion_collator,
     drop_overlong,
     encode_prompt,
-    end_token_id,
+    end_of_turn_id,
     length_stats,
+    stop_token_ids,
     prompt_messages,
     show_trained_tokens,
     suggest_max_length,
@@ -64,7 +68,7 @@ def n_masked(result: dict) -> int:
 
 def test_smollm_pads_with_its_end_token(smollm_tokenizer) -> None:
     tok = smollm_tokenizer
-    assert tok.pad_token_id == tok.eos_token_id == end_token_id(tok)
+    assert tok.pad_token_id == tok.eos_token_id == end_of_turn_id(tok)
     assert tok.eos_token == "<|im_end|>"
     assert tok.chat_template  # instruction-tuned: prompts go through its chat template
 
@@ -166,8 +170,47 @@ def test_plain_template_without_chat_template(plain_tokenizer) -> None:
 def test_end_token_required(plain_tokenizer) -> None:
     tok = copy.deepcopy(plain_tokenizer)
     tok.eos_token = None
-    with pytest.raises(ValueError, match="no eos_token"):
-        end_token_id(tok)
+    with pytest.raises(TemplateError, match="neither a chat template nor an eos_token"):
+        end_of_turn_id(tok)
+
+
+# ---------------------------------------------------------------- five chat-template families
+
+def test_trained_end_is_the_templates_end_of_turn(chat_tokenizer) -> None:
+    """The answer ends with the end-of-turn token its own template writes, trained exactly once."""
+    tok = chat_tokenizer
+    expected_end = CHAT_STYLES[tok.style][5]
+    result = tokenize_example(EXAMPLE, tok, INSTRUCTION)
+    trained = trained_ids(result)
+    assert tok.convert_ids_to_tokens(trained[-1]) == expected_end
+    assert end_of_turn_id(tok) == trained[-1] == stop_token_ids(tok)[0]
+    assert tok.decode(trained, skip_special_tokens=True).strip() == EXAMPLE["output"]
+    check_labels(result["input_ids"], result["labels"], end_of_turn_id(tok))
+
+
+def test_prompt_has_exactly_one_bos(chat_tokenizer) -> None:
+    """A template that writes BOS and a tokenizer that adds BOS must not give two (Llama, Mistral, Gemma)."""
+    tok = chat_tokenizer
+    ids = tokenize_example(EXAMPLE, tok, INSTRUCTION)["input_ids"]
+    if tok.bos_token_id is not None and (tok.chat_template or "").find("bos_token") >= 0 or tok.style == "plain-bos":
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    prompt_ids = encode_prompt(tok, build_prompt(tok, prompt_messages(EXAMPLE, INSTRUCTION)))
+    assert ids[:len(prompt_ids)] == prompt_ids  # inference prompt == training prompt
+
+
+def test_generation_stops_at_end_of_turn(chat_tokenizer) -> None:
+    """A model whose every next token is the end of turn (or EOS) answers with nothing."""
+    from tunebook.evaluation import generate
+
+    tok = chat_tokenizer
+    prompt = build_prompt(tok, prompt_messages(EXAMPLE, INSTRUCTION))
+    for stop in stop_token_ids(tok):
+        model = make_tiny_llama(len(tok), pad_token_id=tok.pad_token_id)
+        with torch.no_grad():
+            model.lm_head.weight.zero_()
+            model.lm_head.bias = torch.nn.Parameter(torch.zeros(len(tok)))
+            model.lm_head.bias[stop] = 1.0
+        assert generate(model, tok, [prompt], max_new_tokens=4, autocast=False) == [""]
 
 
 # ---------------------------------------------------------------- padding
@@ -176,7 +219,7 @@ def test_collator_pads_but_keeps_the_real_end_token_trained(smollm_tokenizer) ->
     tok = smollm_tokenizer
     short = tokenize_example({"instruction": "Hi?", "input": "", "output": "Hello."}, tok, INSTRUCTION)
     long = tokenize_example(EXAMPLE, tok, INSTRUCTION)
-    batch = CompletionCollator(tok)([short, long])
+    batch = completion_collator(tok)([short, long])
     width = batch["input_ids"].shape[1]
     assert width % 8 == 0 and width >= len(long["input_ids"]) and width - len(long["input_ids"]) < 8
     for row, example in enumerate([short, long]):
@@ -191,12 +234,12 @@ def test_collator_pads_but_keeps_the_real_end_token_trained(smollm_tokenizer) ->
         assert labels[n - 1] == tok.eos_token_id
         assert sum(lab == tok.eos_token_id for lab in labels) == 1
     assert (batch["input_ids"][0] == tok.eos_token_id).sum() > 1  # a pad-by-id mask would hit it
-    assert all(t.dtype == torch.long for t in batch.values())
+    assert all(batch[k].dtype == torch.long for k in ("input_ids", "attention_mask", "labels"))
 
 
 def test_collator_fixed_length(smollm_tokenizer) -> None:
     example = tokenize_example(EXAMPLE, smollm_tokenizer, INSTRUCTION)
-    batch = CompletionCollator(smollm_tokenizer, pad_to_length=200)([example])
+    batch = completion_collator(smollm_tokenizer, pad_to_length=200)([example])
     assert batch["input_ids"].shape == (1, 200)
     assert int(batch["attention_mask"].sum()) == len(example["input_ids"])
 
@@ -231,10 +274,10 @@ def _tokenized(lengths: dict[str, list[int]]) -> DatasetDict:
                         for s, ls in lengths.items()})
 
 
-def test_drop_overlong_counts_and_drops(capsys: pytest.CaptureFixture) -> None:
-    data = drop_overlong(_tokenized({"train": [3, 10, 8, 12, 5], "test": [4, 4]}), max_length=8)
+def test_drop_overlong_counts_and_drops_training_rows_only(capsys: pytest.CaptureFixture) -> None:
+    data = drop_overlong(_tokenized({"train": [3, 10, 8, 12, 5], "test": [4, 40]}), max_length=8)
     assert data["train"]["idx"] == [0, 2, 4]
-    assert data["test"]["idx"] == [0, 1]
+    assert data["test"]["idx"] == [0, 1]  # test rows are generated from, never dropped
     out = capsys.readouterr().out
     assert "2 of 5 train examples are longer than max_length=8" in out
     assert "test examples" not in out
@@ -246,27 +289,31 @@ def test_drop_overlong_everything_too_long() -> None:
 
 
 def test_tokenize_dataset_applies_max_length(smollm_tokenizer, capsys: pytest.CaptureFixture) -> None:
-    rows = [{"instruction": "Q?", "input": "", "output": "word " * n} for n in (1, 2, 40)]
-    data = DatasetDict(train=Dataset.from_list(rows))
+    rows = [{"instruction": "Q?", "input": "", "output": "word " * n, "row": n} for n in (1, 2, 40)]
+    data = DatasetDict(train=Dataset.from_list(rows), test=Dataset.from_list(rows))
     lengths = tokenize_dataset(data, smollm_tokenizer, INSTRUCTION)["train"]["length"]
     cut = sorted(lengths)[1]
     config = DataConfig(recipe="instruction", max_length=cut)
-    kept = tokenize_dataset(data, smollm_tokenizer, config)["train"]
+    tokenized = tokenize_dataset(data, smollm_tokenizer, config)
+    kept = tokenized["train"]
     assert kept["length"] == [n for n in lengths if n <= cut] and len(kept) == 2
+    assert kept["row"] == [1, 2] and len(tokenized["test"]) == 3
     assert "1 of 3 train examples" in capsys.readouterr().out
-    assert set(kept.column_names) == {"input_ids", "labels", "length"}
+    assert set(kept.column_names) == {"input_ids", "labels", "length", "row"}
 
 
-def test_tokenize_dataset_classification(smollm_tokenizer, capsys) -> None:
-    data = DatasetDict(train=Dataset.from_list([{"text": "Goal in the final minute.", "label": "Sports"},
-                                                {"text": "Shares fell. " * 50, "label": "Business"}]))
-    labels = ["World", "Sports", "Business"]
-    full = tokenize_dataset(data, smollm_tokenizer, DataConfig(recipe="classification"), labels)["train"]
-    assert full["label"] == [1, 2] and full["length"][1] > 16  # no max_length: nothing cut
-    out = tokenize_dataset(data, smollm_tokenizer, DataConfig(recipe="classification", max_length=16), labels)["train"]
-    assert out["label"] == [1]  # the long text is dropped and counted, never truncated silently
-    assert "1 of 2 train examples" in capsys.readouterr().out
-    assert "labels" not in out.column_names
+def test_tokenize_dataset_classification_truncates_and_counts(smollm_tokenizer, capsys) -> None:
+    rows = [{"text": "Goal in the final minute.", "label": 1, "row": 2},
+            {"text": "Shares fell. " * 50, "label": 2, "row": 3}]
+    data = DatasetDict(train=Dataset.from_list(rows), test=Dataset.from_list(rows))
+    full = tokenize_dataset(data, smollm_tokenizer, DataConfig(recipe="classification"))["train"]
+    assert full["label"] == [1, 2] and full["length"][1] > 16 and full["truncated"] == [False, False]
+    out = tokenize_dataset(data, smollm_tokenizer, DataConfig(recipe="classification", max_length=16))
+    for split in ("train", "test"):  # every row kept, the long one cut to 16 tokens
+        assert out[split]["label"] == [1, 2] and out[split]["row"] == [2, 3]
+        assert out[split]["length"] == [full["length"][0], 16] and out[split]["truncated"] == [False, True]
+        assert out[split]["input_ids"][1] == full["input_ids"][1][:16]
+    assert "1 of 2 test texts are longer than 16 tokens and were truncated" in capsys.readouterr().out
 
 
 def test_length_stats() -> None:

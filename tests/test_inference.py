@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from tunebook.config import LoraConfigSettings
+from tunebook.config import LoraSettings
 from tunebook.evaluation import generate
 from tunebook.formatting import build_prompt, encode_prompt
 from tunebook.inference import (load_adapters, load_for_inference, merge_adapter, merge_into_quantized_demo,
@@ -45,7 +45,7 @@ def base_dir(tokenizer, tmp_path_factory):
 def make_adapter(base_dir: str, path, seed: int):
     """Save a LoRA adapter with random (non-zero) B; return the in-memory PeftModel too."""
     torch.manual_seed(seed)
-    model = apply_lora(load_model(base_dir), LoraConfigSettings(r=8, alpha=16, dropout=0.0), verbose=False)
+    model = apply_lora(load_model(base_dir), LoraSettings(r=8, alpha=16, dropout=0.0), verbose=False)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tunebook import environment, models, quantization
-from tunebook.config import LoraConfigSettings
+from tunebook.config import LoraSettings
 from tunebook.environment import choose_device, choose_precision
 from tunebook.lora import (
     TARGET_MODULES_BY_ARCHITECTURE,
@@ -87,7 +87,7 @@ def test_unknown_target_lists_available(tiny_llama, targets) -> None:
 
 
 def test_make_lora_config(tiny_llama) -> None:
-    config = make_lora_config(tiny_llama, LoraConfigSettings(r=4, alpha=8, dropout=0.0))
+    config = make_lora_config(tiny_llama, LoraSettings(r=4, alpha=8, dropout=0.0))
     assert (config.r, config.lora_alpha, config.lora_dropout) == (4, 8, 0.0)
     assert set(config.target_modules) == set(LLAMA_PROJECTIONS)
     with pytest.raises(ValueError, match="Unknown task 'seq2seq'"):
@@ -101,7 +101,7 @@ def test_apply_lora_freezes_base_and_starts_as_identity(tiny_llama, capsys) -> N
     with torch.no_grad():
         base_logits = tiny_llama(input_ids=batch["input_ids"]).logits
     base_total = sum(p.numel() for p in tiny_llama.parameters())
-    model = apply_lora(tiny_llama, LoraConfigSettings(r=4, alpha=8))
+    model = apply_lora(tiny_llama, LoraSettings(r=4, alpha=8))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     # Every projection of both layers got an adapter: 7 projections x 2 layers x (A, B).
@@ -118,7 +118,7 @@ def test_apply_lora_freezes_base_and_starts_as_identity(tiny_llama, capsys) -> N
 
 
 def test_one_step_changes_only_adapter_weights(tiny_llama) -> None:
-    model = apply_lora(tiny_llama, LoraConfigSettings(r=4, alpha=8), verbose=False)
+    model = apply_lora(tiny_llama, LoraSettings(r=4, alpha=8), verbose=False)
     model.train()
     before = snapshot(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2,
@@ -135,13 +135,13 @@ def test_one_step_changes_only_adapter_weights(tiny_llama) -> None:
 
 
 def test_only_selected_targets_get_adapters(tiny_llama) -> None:
-    model = apply_lora(tiny_llama, LoraConfigSettings(target_modules=["q_proj", "v_proj"]), verbose=False)
+    model = apply_lora(tiny_llama, LoraSettings(target_modules=["q_proj", "v_proj"]), verbose=False)
     adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
     assert adapted == {"q_proj", "v_proj"}
 
 
 def test_gradient_checkpointing_still_reaches_adapters(tiny_llama) -> None:
-    model = apply_lora(tiny_llama, LoraConfigSettings(r=4), gradient_checkpointing=True, verbose=False)
+    model = apply_lora(tiny_llama, LoraSettings(r=4), gradient_checkpointing=True, verbose=False)
     model.train()
     model(**batch_for(model)).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
@@ -150,7 +150,7 @@ def test_gradient_checkpointing_still_reaches_adapters(tiny_llama) -> None:
 
 
 def test_classification_head_is_trained_fully(tiny_bert) -> None:
-    model = apply_lora(tiny_bert, LoraConfigSettings(r=4), task="sequence-classification", verbose=False)
+    model = apply_lora(tiny_bert, LoraSettings(r=4), task="sequence-classification", verbose=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     heads = {n for n in trainable if "lora_" not in n}
     assert heads == {"base_model.model.classifier.modules_to_save.default.weight",
@@ -172,7 +172,7 @@ def test_classification_head_is_trained_fully(tiny_bert) -> None:
 def test_saved_adapter_reloads_identically(tiny_llama, smollm_tokenizer, tmp_path: Path) -> None:
     from conftest import make_tiny_llama
 
-    model = apply_lora(tiny_llama, LoraConfigSettings(r=4), verbose=False)
+    model = apply_lora(tiny_llama, LoraSettings(r=4), verbose=False)
     with torch.no_grad():  # a non-zero adapter, so that loading it changes the output
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -299,24 +299,41 @@ def test_quantization_configs(capsys) -> None:
     assert eight.load_in_8bit and not eight.load_in_4bit
 
 
-@pytest.mark.parametrize("variables, expected", [
-    ({}, None),
-    ({"ACCELERATE_USE_FSDP": "true"}, "fsdp"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "deepspeed-zero3"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
-])
-def test_sharded_training_is_read_from_accelerate_variables(monkeypatch, variables, expected) -> None:
-    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value)
+class _DeepSpeedConfig:
+    """Stands in for the HfDeepSpeedConfig that TrainingArguments register (deepspeed is not installed)."""
+
+    def __init__(self, stage: int):
+        self.stage = stage
+
+    def is_zero3(self) -> bool:
+        return self.stage == 3
+
+
+def use_deepspeed_stage(monkeypatch, stage: int) -> _DeepSpeedConfig:
+    """Register a DeepSpeed config of `stage` where transformers' own ZeRO-3 check looks for it."""
+    import weakref
+
+    import transformers.integrations.deepspeed as hf_deepspeed
+
+    config = _DeepSpeedConfig(stage)
+    monkeypatch.setattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", weakref.ref(config))
+    return config  # keep it referenced while the test runs
+
+
+@pytest.mark.parametrize("fsdp, zero_stage, expected", [
+    (False, None, None), (True, None, "fsdp"), (False, 3, "deepspeed-zero3"), (False, 2, None)])
+def test_sharded_training_decision(monkeypatch, fsdp, zero_stage, expected) -> None:
+    """FSDP from accelerate's launch variable; ZeRO-3 from transformers' check of the registered config."""
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    if fsdp:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    keep = use_deepspeed_stage(monkeypatch, zero_stage) if zero_stage else None  # noqa: F841
     assert environment.sharded_training() == expected
 
 
 @pytest.fixture
 def not_sharded(monkeypatch):
-    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     return monkeypatch
 
 
@@ -332,8 +349,7 @@ def test_4bit_storage_is_uint8_alone_and_the_compute_dtype_under_fsdp(not_sharde
 
 
 def test_8bit_under_sharding_is_a_clear_error(not_sharded) -> None:
-    not_sharded.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    not_sharded.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    keep = use_deepspeed_stage(not_sharded, 3)  # noqa: F841
     with pytest.raises(QuantizationUnavailable, match=r"'8bit' cannot be sharded by deepspeed-zero3.*4bit"):
         make_quantization_config("8bit")
 
@@ -347,7 +363,7 @@ def test_sharded_4bit_model_has_one_float_dtype_and_trains(saved_tiny_llama: Pat
     assert is_quantized(model)
     assert any(p.__class__.__name__ == "Params4bit" for p in model.parameters())
     assert count_parameters(model)[1] == count_parameters(tiny_llama)[1]
-    model = apply_lora(model, LoraConfigSettings(r=4), verbose=False)
+    model = apply_lora(model, LoraSettings(r=4), verbose=False)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     model.train()
     ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -361,7 +377,7 @@ def test_quantized_training_keeps_unquantized_weights_in_the_loaded_dtype(saved_
                                                                          not_sharded) -> None:
     """No fp32 upcast of embeddings and norms (peft's prepare_model_for_kbit_training would)."""
     model = load_model(str(saved_tiny_llama), quantization="8bit", dtype=torch.bfloat16)
-    model = apply_lora(model, LoraConfigSettings(r=4), verbose=False)
+    model = apply_lora(model, LoraSettings(r=4), verbose=False)
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
     trained = {p.dtype for p in model.parameters() if p.requires_grad}
     assert frozen == {torch.bfloat16} and trained == {torch.float32}
@@ -498,7 +514,7 @@ def test_8bit_answers_paris(smollm_tokenizer) -> None:
 @pytest.mark.integration
 def test_lora_on_4bit_gets_gradients_only_on_adapters(smollm_4bit) -> None:
     # Runs after the 4-bit generation test (file order): apply_lora wraps the shared model.
-    model = apply_lora(smollm_4bit, LoraConfigSettings(r=4, alpha=8), verbose=False)
+    model = apply_lora(smollm_4bit, LoraSettings(r=4, alpha=8), verbose=False)
     try:
         model.train()
         ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))

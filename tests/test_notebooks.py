@@ -9,11 +9,13 @@ themselves otherwise). Slow (about 1-3 minutes per notebook on a CPU): marked `n
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "scripts"))  # notebook_tools: contributor tooling, not the package
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 CELL_TIMEOUT_S = 1800  # per cell; generous for a busy shared CPU (pytest-timeout is not a dependency)
 
@@ -28,7 +30,7 @@ def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch: py
     pytest.importorskip("papermill")
     import nbformat
 
-    from tunebook.notebook import ensure_kernel, execute_notebook, notebook_problems
+    from notebook_tools import ensure_kernel, execute_notebook, notebook_problems
 
     source = nbformat.read(path, as_version=4)
     first_code = next(c for c in source.cells if c.cell_type == "code")

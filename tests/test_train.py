@@ -20,6 +20,7 @@ from safetensors import safe_open
 from conftest import REPO_ROOT, make_tiny_llama, write_rows
 from tunebook import cli
 from tunebook.config import RunConfig, apply_overrides, save_config
+from tunebook.errors import RunFolderError
 from tunebook.train import TrainingDiverged, run_training
 
 RUN_FILES = ["adapter/adapter_model.safetensors", "adapter/adapter_config.json", "config.yaml",
@@ -62,7 +63,7 @@ def make_config(model_dir: Path, data: Path, output_dir: Path, **overrides) -> R
         "train.logging_steps": 1,
         "train.eval_steps": 2,
         "train.save_steps": 2,
-        "train.max_eval_examples": None,
+        "train.eval_loss_examples": None,
         "train.seed": 7,
     }
     values.update(overrides)
@@ -227,7 +228,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_model_dir, tiny_dataset, tmp
 
 def test_resume_without_checkpoint(tiny_model_dir, tiny_dataset, tmp_path) -> None:
     config = make_config(tiny_model_dir, tiny_dataset, tmp_path / "never-ran")
-    with pytest.raises(FileNotFoundError, match=r"--resume: no complete checkpoint in .*never-ran"):
+    with pytest.raises(RunFolderError, match=r"--resume: no run in .*never-ran"):
         run_training(config, resume=True)
     assert not (tmp_path / "never-ran").exists()  # failed before creating anything
 
@@ -238,7 +239,7 @@ def test_nan_loss_stops_training(nan_model_dir, tiny_dataset, tmp_path) -> None:
         run_training(config)
     message = str(info.value)
     assert "Loss became nan at step 1" in message
-    assert "train.learning_rate" in message and "--resume" in message
+    assert "train.learning_rate" in message and "adapter was not saved" in message
     assert not (tmp_path / "nan" / "adapter").exists()
 
 
@@ -252,7 +253,7 @@ def test_bad_data_fails_before_the_model_loads(tiny_model_dir, tmp_data, tmp_pat
     monkeypatch.setattr(train, "load_model", no_model)
     bad = tmp_data([{"instruction": f"Q{i}", "output": "" if i == 4 else "A"} for i in range(10)])
     config = make_config(tiny_model_dir, bad, tmp_path / "bad")
-    with pytest.raises(DataValidationError, match="row 5, field 'output'"):
+    with pytest.raises(DataValidationError, match="line 5, field 'output'"):
         run_training(config)
 
 
@@ -326,7 +327,7 @@ def test_cli_config_typo_exits_2_with_suggestion(capsys) -> None:
     config = str(REPO_ROOT / "configs/smollm2-135m-instruct/lora.yaml")
     assert cli.main(["train", config, "--set", "trian.max_steps=1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("tunebook: config error:")
+    assert err.startswith("tunebook: error:")
     assert "Did you mean 'train'?" in err
     assert cli.main(["train", config, "--set", "train.lerning_rate=0.001"]) == 2
     assert "Did you mean 'learning_rate'?" in capsys.readouterr().err
@@ -337,11 +338,12 @@ def test_cli_missing_config_exits_2(capsys, tmp_path) -> None:
     assert "missing.yaml" in capsys.readouterr().err
 
 
-def test_cli_resume_without_checkpoint_raises(tiny_model_dir, tiny_dataset, tmp_path) -> None:
+def test_cli_resume_without_a_run_exits_2(tiny_model_dir, tiny_dataset, tmp_path, capsys) -> None:
     config_path = tmp_path / "c.yaml"
     save_config(make_config(tiny_model_dir, tiny_dataset, tmp_path / "run"), config_path)
-    with pytest.raises(FileNotFoundError):
-        cli.main(["train", str(config_path), "--resume"])
+    assert cli.main(["train", str(config_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunebook: error: --resume: no run in") and "Traceback" not in err
 
 
 def test_cli_prepare_writes_dataset_and_stats(tiny_model_dir, tiny_dataset, tmp_path, capsys) -> None:
@@ -357,7 +359,7 @@ def test_cli_prepare_writes_dataset_and_stats(tiny_model_dir, tiny_dataset, tmp_
 
     saved = load_from_disk(str(tmp_path / "prepared" / "dataset"))
     assert sorted(saved) == ["test", "train", "validation"]
-    assert set(saved["train"].column_names) == {"input_ids", "labels", "length"}
+    assert set(saved["train"].column_names) == {"input_ids", "labels", "length", "row"}
     assert "written to" in capsys.readouterr().out
 
 

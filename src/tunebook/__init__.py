@@ -6,7 +6,9 @@ One module per pipeline stage:
 - `tunebook.models`       load a model + tokenizer by local path, embedded name or Hub id
 - `tunebook.quantization` 4-bit NF4 / 8-bit loading through bitsandbytes
 - `tunebook.lora`         LoRA config creation and application
-- `tunebook.data`         load, validate and split datasets
+- `tunebook.readers`      read files in the layouts public datasets ship in (CSV, JSON, CoNLL, ...)
+- `tunebook.ner`          BIO/CoNLL entity tags -> extraction examples with JSON answers
+- `tunebook.data`         validate and split datasets
 - `tunebook.formatting`   prompt templates, tokenization and completion-only labels
 - `tunebook.prepare`      the data stage end to end (validated splits -> token ids + length stats)
 - `tunebook.train`        Trainer-based training runs
@@ -16,17 +18,12 @@ One module per pipeline stage:
 - `tunebook.memory`       memory estimates before you rent a GPU
 - `tunebook.plots`        loss curves, length histograms, confusion matrices (PNG)
 - `tunebook.files`        atomic saves
-- `tunebook.notebook`     notebook setup and execution helpers
+- `tunebook.log`          the package logger (``[tunebook] ...`` lines, rank 0 only)
+- `tunebook.errors`       the errors a user can fix (the CLI prints them without a traceback)
+- `tunebook.notebook`     notebook setup helpers
 - `tunebook.cli`          `python -m tunebook ...`
+
+Importing tunebook changes no global state: no warning filters, no matplotlib backend.
 """
 
 __version__ = "0.1.0"
-
-import logging as _logging
-import warnings as _warnings
-
-# bitsandbytes logs at import that optional CPU kernels from the `kernels` package (a Hub
-# download) are absent; its built-in CPU path is used instead, so the line is noise for users.
-_logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
-# peft calls a transformers property renamed in v5; the warning is for peft's maintainers.
-_warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

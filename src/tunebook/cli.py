@@ -8,15 +8,23 @@
     python -m tunebook demo     (prepare -> train -> evaluate base vs tuned, on the embedded defaults)
 
 Multi-GPU: ``accelerate launch -m tunebook train CONFIG`` runs this same entry point on every rank.
+
+A mistake in the config, the data or the files (:class:`tunebook.errors.TunebookError`) ends with
+one message and exit status 2; ``--debug`` shows the traceback as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import sys
+import traceback
+import warnings
 
-from .config import ConfigError, RunConfig, load_config
+from .config import RunConfig, load_config
+from .errors import TunebookError
 
 DEMO_CONFIG = "configs/smollm2-135m-instruct/lora.yaml"
 
@@ -47,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config(args)
     try:
-        run_training(config, resume=args.resume)
+        run_training(config, resume=args.resume, overwrite=args.overwrite)
     finally:
         _end_distributed()
     return 0
@@ -57,7 +65,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import run_evaluation
 
     config = _config(args)
-    run_evaluation(config, adapter_dir=args.adapter, compare_base=not args.no_base, out_dir=args.out)
+    run_evaluation(config, adapter_dir=args.adapter, compare_base=not args.no_base, out_dir=args.out,
+                   overwrite=args.overwrite)
     return 0
 
 
@@ -82,8 +91,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set or [])
     prepare_dataset(config, None)
-    result = run_training(config)
-    run_evaluation(config, adapter_dir=str(result.adapter_dir), compare_base=True)
+    result = run_training(config, overwrite=args.overwrite)
+    run_evaluation(config, adapter_dir=str(result.adapter_dir), compare_base=True, overwrite=args.overwrite)
     return 0
 
 
@@ -97,6 +106,7 @@ def _end_distributed() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunebook", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of errors too")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("env", help="print versions, device and precision decisions").set_defaults(func=cmd_env)
 
@@ -113,13 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config("prepare", "validate, split, tokenize; write the processed dataset and stats", cmd_prepare)
     p.add_argument("--out", help="output folder (default: <train.output_dir>/prepared)")
+    overwrite_help = "replace the run folder's earlier results (says what it removes)"
     p = with_config("train", "train a LoRA adapter", cmd_train)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run folder")
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
     p = with_config("evaluate", "task metrics of the base and the tuned model on the test split", cmd_evaluate)
     p.add_argument("--adapter", help="adapter folder (default: <train.output_dir>/adapter if it exists)")
     p.add_argument("--no-base", action="store_true", help="skip evaluating the base model")
     p.add_argument("--out", help="output folder (default: <train.output_dir>/eval)")
-    with_config("demo", "prepare -> train -> evaluate on the embedded defaults", cmd_demo, config_required=False)
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
+    p = with_config("demo", "prepare -> train -> evaluate on the embedded defaults", cmd_demo, config_required=False)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
     p = sub.add_parser("estimate", help="estimate training or inference memory before a run")
     p.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, Hub id, preset (1b/7b/13b/70b) or size like 3B")
@@ -133,12 +147,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the operating system says when a save fails, and what the user can do about it.
+_OS_FIXES = {errno.ENOSPC: "free disk space or point train.output_dir at a larger disk",
+             errno.EROFS: "the file system is read-only: set train.output_dir to a writable folder",
+             errno.EACCES: "no permission: set train.output_dir to a folder you can write",
+             errno.EDQUOT: "the disk quota is full: free space or write elsewhere"}
+
+
+def quiet_third_party() -> None:
+    """Hide library messages that tell a CLI user nothing (the CLI is an application: it may).
+
+    bitsandbytes logs at import that optional CPU kernels (a Hub download) are absent and uses its
+    built-in path; peft calls a transformers property renamed in v5 (a note for peft's maintainers).
+    """
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def _message(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can fix; None for anything else (a bug)."""
+    if isinstance(exc, TunebookError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in _OS_FIXES:
+        return f"{exc.strerror}: {exc.filename or ''}. Fix: {_OS_FIXES[exc.errno]}."
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_third_party()
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"tunebook: config error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("tunebook: interrupted. `train --resume` continues from the last checkpoint.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - sorted into the user's mistakes and tunebook's bugs below
+        message = _message(exc)
+        if message is None:
+            raise
+        if args.debug:
+            traceback.print_exception(exc)
+        print(f"tunebook: error: {message}", file=sys.stderr)
         return 2
 
 

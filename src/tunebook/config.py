@@ -8,17 +8,19 @@ A run is described by a YAML file in ``configs/`` with one section per stage::
     train: {max_steps: 150, ...}
     eval:  {max_new_tokens: 64, ...}
 
-Why dataclasses and not free dicts: a typo such as ``lerning_rate`` would otherwise be ignored
-silently and the run would use the default. Here every unknown key is an error that names the
-nearest valid key, and every value is checked against the field's type before any model loads.
-Overrides use dotted keys (``train.learning_rate=1e-4``) from the CLI (``--set``) or a notebook
-(:func:`apply_overrides`).
+A file may start with ``extends: lora.yaml`` (a path relative to it) and then list only the keys
+that differ. Why dataclasses and not free dicts: a typo such as ``lerning_rate`` would otherwise be
+ignored silently and the run would use the default. Here every unknown key is an error that names
+the nearest valid key, and every value is checked against the field's type and range before any
+model loads, with the file and line in the message. Overrides use dotted keys
+(``train.learning_rate=1e-4``) from the CLI (``--set``) or a notebook (:func:`apply_overrides`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,9 +29,16 @@ from typing import Any, Literal
 
 import yaml
 
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message says which and how to fix it."""
+__all__ = ["ConfigError", "ModelConfig", "DataConfig", "LoraSettings", "TrainConfig", "EvalConfig", "RunConfig",
+           "load_config", "apply_overrides", "config_from_dict", "config_to_dict", "save_config"]
+
+
+def _ranged(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field whose numbers must lie in a range (None passes: it means "off" or "all")."""
+    return field(default=default, metadata={"range": (ge, gt, le, lt)})
 
 
 @dataclass
@@ -50,38 +59,46 @@ class ModelConfig:
 class DataConfig:
     """Where the data is and how its columns map to the roles a recipe needs."""
 
-    # A local file/folder (JSONL, JSON, CSV, Parquet) or a Hub dataset id.
-    path: str = "data/extraction"
+    # A file or folder (JSONL, JSON, CSV, TSV, Parquet, CoNLL/BIO), a mapping
+    # {train: file, validation: file, test: file}, or a Hub dataset id.
+    path: str | dict[str, str] = "data/extraction"
     # "instruction": instruction/input/output; "chat": a messages column; "classification": text/label.
     recipe: Literal["instruction", "chat", "classification"] = "instruction"
-    # Role -> column name in your files, e.g. {input: sentence, output: output}. Roles not given
+    # Role -> column name in your files, e.g. {input: sentence, output: answer}; a text role may
+    # name several columns, joined with a newline ({text: [title, description]}). Roles not given
     # keep their own name as the column name.
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, str | list[str]] = field(default_factory=dict)
+    # Column names for CSV/TSV files without a header row (e.g. [label, title, description]).
+    csv_header: list[str] | None = None
     # A fixed instruction used when the data has no instruction column (e.g. the extraction task).
     instruction: str | None = None
     # Optional system prompt; None keeps the chat template's own default.
     system_prompt: str | None = None
     # Classification only: the label names, in id order. Empty means "read them from the data".
     labels: list[str] = field(default_factory=list)
-    # Tokens per example. None: no limit, every example is kept whole (the length histogram marks
-    # the length that fits the longest). A number drops longer examples and counts them; answers
-    # are never cut silently.
-    max_length: int | None = None
+    # Integer labels in the data are ids of `labels` counted from this number (AG News' CSV: 1).
+    first_label_id: Literal[0, 1] = 0
+    # Tokens per example. None: no limit (generation keeps every example whole; classification
+    # reads up to the model's own limit). A number drops longer training/validation examples of
+    # generation recipes (counted, never cut) and truncates classification texts (counted).
+    max_length: int | None = _ranged(None, ge=1)
     # Used only when the data has no validation/test split of its own.
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
-    # Cap the number of training examples (quick experiments and smoke tests). None = all.
-    max_train_examples: int | None = None
+    validation_fraction: float = _ranged(0.1, ge=0, lt=1)
+    test_fraction: float = _ranged(0.1, ge=0, lt=1)
+    # Rows of validation/test whose input also occurs in train stop the run; true drops them (counted).
+    drop_leaked_rows: bool = False
+    seed: int = _ranged(0, ge=0)
+    # Cap the number of training examples (a seeded sample; quick experiments, smoke tests). None = all.
+    max_train_examples: int | None = _ranged(None, ge=1)
 
 
 @dataclass
-class LoraConfigSettings:
+class LoraSettings:
     """The LoRA knobs. See `tunebook.lora` for what each one does."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = _ranged(16, ge=1)
+    alpha: float = _ranged(32, gt=0)
+    dropout: float = _ranged(0.05, ge=0, lt=1)
     # "auto" picks the attention and MLP projections for the architecture; or list names.
     target_modules: list[str] | str = "auto"
     bias: Literal["none", "all", "lora_only"] = "none"
@@ -92,15 +109,16 @@ class TrainConfig:
     """Optimisation and bookkeeping for `tunebook.train`."""
 
     output_dir: str = "runs/default"
-    max_steps: int = 150
-    per_device_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
+    max_steps: int = _ranged(150, ge=1)
+    per_device_batch_size: int = _ranged(8, ge=1)
+    gradient_accumulation_steps: int = _ranged(1, ge=1)
+    # Adam-family rates above 1 only diverge; LoRA's usual range is 1e-5 to 3e-3.
+    learning_rate: float = _ranged(2e-4, gt=0, le=1)
+    warmup_ratio: float = _ranged(0.05, ge=0, lt=1)
+    weight_decay: float = _ranged(0.0, ge=0, le=1)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     # Gradient clipping; also what DeepSpeed configs take as their gradient_clipping.
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = _ranged(1.0, gt=0)
     # "auto" picks bf16 where the device supports it, else fp16 on CUDA, else fp32 (printed).
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # Trades ~30% more compute for much less activation memory; needed for 7B models on one GPU.
@@ -110,25 +128,26 @@ class TrainConfig:
     group_by_length: bool = True
     # None: dynamic padding (to the longest example in each batch). An int pads every causal-LM
     # batch to that fixed length, the usual tutorial recipe (benchmarks/ measures what it costs).
-    pad_to_length: int | None = None
-    logging_steps: int = 10
-    eval_steps: int = 50
-    save_steps: int = 50
-    save_total_limit: int = 2
+    pad_to_length: int | None = _ranged(None, ge=1)
+    logging_steps: int = _ranged(10, ge=1)
+    eval_steps: int = _ranged(50, ge=1)
+    save_steps: int = _ranged(50, ge=1)
+    save_total_limit: int | None = _ranged(2, ge=1)
     # "auto": paged 8-bit AdamW for QLoRA on CUDA, AdamW otherwise.
     optim: Literal["auto", "adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit", "sgd"] = "auto"
-    seed: int = 42
-    max_eval_examples: int | None = 200
+    seed: int = _ranged(42, ge=0)
+    # Validation rows the eval loss during training uses (0 = no evaluation during training; None = all).
+    eval_loss_examples: int | None = _ranged(200, ge=0)
 
 
 @dataclass
 class EvalConfig:
     """Task evaluation (generation or classification) on a held-out split."""
 
-    split: str = "test"
-    max_examples: int | None = None
-    batch_size: int = 16
-    max_new_tokens: int = 96
+    split: Literal["validation", "test"] = "test"
+    max_examples: int | None = _ranged(None, ge=1)
+    batch_size: int = _ranged(16, ge=1)
+    max_new_tokens: int = _ranged(96, ge=1)
 
 
 @dataclass
@@ -137,7 +156,7 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    lora: LoraConfigSettings = field(default_factory=LoraConfigSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -147,90 +166,183 @@ def _suggest(key: str, valid: typing.Iterable[str]) -> str:
     return f" Did you mean '{match[0]}'?" if match else ""
 
 
+def _fail(key: str, message: str, name_key: bool = True) -> ConfigError:
+    error = ConfigError(f"{key}: {message}" if key and name_key else message)
+    error.key = key  # load_config adds the file and line where this key was written
+    return error
+
+
 def _check_type(value: Any, hint: Any, where: str) -> Any:
     """Return `value` if it fits `hint` (ints are accepted for floats), else raise ConfigError."""
     origin = typing.get_origin(hint)
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(hint):
             try:
                 return _check_type(value, option, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: {value!r} does not fit {_type_name(hint)}.")
+            except ConfigError:
+                continue
+        raise _fail(where, f"{value!r} does not fit {_type_name(hint)}.")
     if origin is Literal:
-        if value not in typing.get_args(hint):
-            choices = ", ".join(repr(c) for c in typing.get_args(hint))
-            raise ConfigError(f"{where}: {value!r} is not one of {choices}.")
+        choices = typing.get_args(hint)
+        # `True in (0, 1)` holds in Python; a config's true is not the number 1.
+        if value not in choices or (isinstance(value, bool) and not any(isinstance(c, bool) for c in choices)):
+            raise _fail(where, f"{value!r} is not one of {', '.join(repr(c) for c in choices)}.")
         return value
     if hint is type(None):
         if value is not None:
-            raise ConfigError(f"{where}: expected null, got {value!r}.")
+            raise _fail(where, f"expected null, got {value!r}.")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}.")
+            raise _fail(where, f"expected a list, got {value!r}.")
         (item_hint,) = typing.get_args(hint)
         return [_check_type(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}.")
-        return dict(value)
+            raise _fail(where, f"expected a mapping, got {value!r}.")
+        _, value_hint = typing.get_args(hint)
+        return {str(k): _check_type(v, value_hint, f"{where}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads "1e-4" (no dot) as a string; it is a float to anyone writing a config.
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}.")
+    if hint is bool and not isinstance(value, bool):
+        raise _fail(where, f"expected true or false, got {value!r}.")
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
+        raise _fail(where, f"expected {_type_name(hint)}, got {value!r}.")
     return value
 
 
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    names = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false",
+             "NoneType": "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
+    name = getattr(hint, "__name__", None)
+    return names.get(name, name) if name and typing.get_origin(hint) is None else str(hint).replace("typing.", "")
+
+
+def _check_range(value: Any, bounds: tuple, where: str) -> None:
+    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    ge, gt, le, lt = bounds
+    allowed = " and ".join(text for text, bound in ((f">= {ge}", ge), (f"> {gt}", gt), (f"<= {le}", le),
+                                                     (f"< {lt}", lt)) if bound is not None)
+    if ((ge is not None and value < ge) or (gt is not None and value <= gt) or (le is not None and value > le)
+            or (lt is not None and value >= lt)):
+        raise _fail(where, f"{value!r} is out of range: it must be {allowed}.")
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and ill-typed values."""
+    """Build dataclass `cls` from a mapping, rejecting unknown keys, ill-typed and out-of-range values."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}.")
+        raise _fail(where or "config", f"expected a mapping, got {values!r}.")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
-        if key not in names:
-            raise ConfigError(
-                f"Unknown config key '{path}'.{_suggest(key, names)} "
-                f"Valid keys{' in ' + where if where else ''}: {', '.join(names)}."
-            )
+        if key not in fields:
+            raise _fail(path, f"Unknown config key '{path}'.{_suggest(str(key), fields)} Valid keys"
+                              f"{' in ' + where if where else ''}: {', '.join(fields)}.", name_key=False)
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, path)
         else:
             kwargs[key] = _check_type(value, hint, path)
+            _check_range(kwargs[key], fields[key].metadata.get("range", (None,) * 4), path)
     return cls(**kwargs)
+
+
+def _check_together(config: RunConfig) -> None:
+    """Rules that involve more than one key."""
+    d = config.data
+    if d.validation_fraction + d.test_fraction >= 1:
+        raise _fail("data.test_fraction", f"data.validation_fraction ({d.validation_fraction}) + "
+                                          f"data.test_fraction ({d.test_fraction}) must be < 1, so that "
+                                          "rows are left to train on.")
+    if d.recipe == "classification" and config.model.task != "sequence-classification":
+        raise _fail("model.task", "recipe 'classification' trains a classification head: set model.task: "
+                                  f"sequence-classification (got {config.model.task!r}).")
+    if d.recipe != "classification" and config.model.task == "sequence-classification":
+        raise _fail("data.recipe", f"model.task sequence-classification needs data.recipe: classification "
+                                   f"(got {d.recipe!r}).")
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build a checked :class:`RunConfig` from nested dicts (as read from YAML)."""
-    return _build(RunConfig, values or {}, "")
+    config = _build(RunConfig, values or {}, "")
+    _check_together(config)
+    return config
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as a config author means it: only true/false are booleans, ``1e-4`` is a number.
+
+    YAML 1.1 (PyYAML's default) reads yes/no/on/off as booleans (``country: no`` becomes False)
+    and ``1e-4`` without a dot as text.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                              list("-+0123456789."))
+
+
+def _read_yaml(path: Path, lines: dict[str, str], chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Values of a config file (with its ``extends`` chain merged in); `lines` gets ``key -> file, line``."""
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: '{path}'. Pick one of the files in configs/.")
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: 'extends' loops back to itself ({' -> '.join(p.name for p in chain)}).")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        values = yaml.load(text, Loader=_Loader) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)}).") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected sections such as 'model:' and 'train:', got {values!r:.60}.")
+    merged: dict[str, Any] = {}
+    if "extends" in values:
+        base = path.parent / str(values.pop("extends"))
+        merged = _read_yaml(base, lines, (*chain, path.resolve()))
+    for key_node, value_node in getattr(node, "value", []):
+        lines[key_node.value] = f"{path}, line {key_node.start_mark.line + 1}"
+        for sub_key, _ in getattr(value_node, "value", []) if isinstance(value_node, yaml.MappingNode) else []:
+            lines[f"{key_node.value}.{sub_key.value}"] = f"{path}, line {sub_key.start_mark.line + 1}"
+    for section, section_values in values.items():
+        if isinstance(section_values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **section_values}
+        else:
+            merged[section] = section_values
+    return merged
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """Read a YAML run config and apply ``key=value`` overrides (dotted keys)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file not found: '{path}'. Pick one of the files in configs/.")
-    values = yaml.safe_load(path.read_text()) or {}
+    """Read a YAML run config (following ``extends``) and apply ``key=value`` overrides (dotted keys)."""
+    lines: dict[str, str] = {}
+    values = _read_yaml(Path(path), lines)
     for item in overrides:
-        _set_dotted(values, *_split_override(item))
-    return config_from_dict(values)
+        key, value = _split_override(item)
+        _set_dotted(values, key, value)
+        lines[key] = f"--set {item}"
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        key = getattr(exc, "key", "")
+        place = lines.get(key) or lines.get(key.split("[")[0]) or lines.get(key.split(".")[0])
+        if place:
+            raise ConfigError(f"{place}: {exc}") from None
+        raise
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any] | typing.Sequence[str]) -> RunConfig:
@@ -251,15 +363,20 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    from .files import write_text
+
+    write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def _split_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"Override {item!r} must look like section.key=value, e.g. train.max_steps=20.")
     key, raw = item.split("=", 1)
-    # YAML parsing turns "20" into 20, "null" into None and "[q_proj, v_proj]" into a list.
-    return key.strip(), yaml.safe_load(raw)
+    # YAML turns "20" into 20, "null" into None and "[q_proj, v_proj]" into a list.
+    try:
+        return key.strip(), yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError:
+        return key.strip(), raw
 
 
 def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:

@@ -10,22 +10,32 @@ import importlib.metadata
 import os
 import platform
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
+
+from .errors import ConfigError
+
+T = TypeVar("T")
 
 # CPU flags that give bf16 matmuls a fast path (oneDNN uses them through torch autocast).
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 @dataclass(frozen=True)
-class Decision:
-    """A choice tunebook made for you, with the reason it printed."""
+class Decision(Generic[T]):
+    """A choice tunebook made for you, with the reason it printed.
 
-    value: str
+    `value` is what code uses (``"bf16"``, ``True``); `label` is how a log line names it
+    (``"gradient checkpointing on"``), the value itself when not given.
+    """
+
+    value: T
     reason: str
+    label: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.value}: {self.reason}"
+        return f"{self.label or self.value}: {self.reason}"
 
 
 def cpu_flags() -> set[str]:
@@ -51,14 +61,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def choose_device() -> Decision:
+def choose_device() -> Decision[str]:
     """CUDA when a GPU is visible, else CPU (Apple MPS is left to the user: bitsandbytes lacks it)."""
     if torch.cuda.is_available():
         return Decision("cuda", f"CUDA GPU found: {torch.cuda.get_device_name(0)}")
     return Decision("cpu", "no CUDA GPU visible (torch.cuda.is_available() is False)")
 
 
-def choose_precision(requested: str = "auto", device: str | None = None) -> Decision:
+def choose_precision(requested: str = "auto", device: str | None = None) -> Decision[str]:
     """Pick the compute precision for training: "bf16", "fp16" or "fp32", with the reason.
 
     bf16 keeps fp32's range (no loss scaling) at half the bytes, so it is the first choice wherever
@@ -68,7 +78,7 @@ def choose_precision(requested: str = "auto", device: str | None = None) -> Deci
     device = device or choose_device().value
     if requested != "auto":
         if requested == "fp16" and device != "cuda":
-            raise ValueError(
+            raise ConfigError(
                 "precision='fp16' needs a CUDA GPU (fp16 training on CPU is unsupported by the "
                 "Trainer). Use precision: auto, bf16 or fp32."
             )
@@ -87,14 +97,18 @@ def choose_precision(requested: str = "auto", device: str | None = None) -> Deci
 def sharded_training() -> str | None:
     """"fsdp" or "deepspeed-zero3" when `accelerate launch` shards the weights across ranks, else None.
 
-    Read from the variables accelerate sets for its processes, because the model is loaded before
-    the Trainer (and the process group) exists. Sharded weights change how a model must be loaded:
-    no per-rank device_map, and 4-bit weights stored in a float dtype (see tunebook.quantization).
+    Sharded weights change how a model must be loaded: no per-rank device_map, and 4-bit weights
+    stored in a float dtype (see tunebook.quantization). ZeRO-3 is transformers' own check: the
+    `TrainingArguments` (built before the model, see tunebook.train) register the DeepSpeed config,
+    a JSON file's stage included. FSDP has no such record until the Trainer's Accelerator exists,
+    so it is read from the variable `accelerate launch` sets (transformers' `is_fsdp_enabled` reads
+    the same one, but only counts runs with cpu_ram_efficient_loading).
     """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
         return "fsdp"
-    if (os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
-            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"):
+    if is_deepspeed_zero3_enabled():
         return "deepspeed-zero3"
     return None
 

@@ -23,19 +23,24 @@ from typing import Any, Callable, Iterator
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .config import DataConfig, EvalConfig, RunConfig
 from .environment import choose_precision, precision_dtype
-from .files import write_json
-from .formatting import IGNORE_INDEX, CompletionCollator, answer_text, build_prompt, encode_prompt, \
-    end_token_id, prompt_messages
+from .errors import RunFolderError
+from .files import write_json, write_text
+from .formatting import IGNORE_INDEX, answer_text, build_prompt, completion_collator, encode_prompt, \
+    prompt_messages, stop_token_ids
+from .log import get_logger
 from .lora import load_adapter
 from .metrics import load_metric
 from .metrics.entity_f1 import ERROR_CATEGORIES, categorize_errors, parse_entities
 from .models import load_model, load_tokenizer
 from .plots import plot_confusion_matrix
 from .prepare import prepare_tokenized
+from .runs import check_same_model
+
+logger = get_logger()
 
 # Rows of the before/after table per task; dotted keys reach into nested results.
 TABLE_KEYS = {
@@ -70,35 +75,39 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length (longest first), so each batch pads little."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]] | list[str],
              max_new_tokens: int = 96, batch_size: int = 16, autocast: bool | None = None,
              desc: str = "generate") -> list[str]:
     """Greedy answers to `prompts` (token ids, or prompt texts from `formatting.build_prompt`).
 
     Returns only the newly generated text, special tokens stripped, in the order of `prompts`.
-    Prompts are sorted by length before batching so each batch pads little; generation stops at
-    the answer end token (`formatting.end_token_id`), the token training taught the model to emit.
+    Prompts are batched by length so each batch pads little; generation stops at the chat
+    template's end-of-turn token (`formatting.stop_token_ids`), the token training taught.
     """
     ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_token_id(tokenizer)
     device = next(model.parameters()).device
     outputs: list[str] = [""] * len(ids)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    with _eval_mode(model), _autocast(model, autocast):
-        for batch in tqdm(batches, desc=desc, unit="batch"):  # TQDM_DISABLE=1 hides it
-            width = max(len(ids[i]) for i in batch)
+    stop = stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    with _eval_mode(model), _autocast(model, autocast), \
+            tqdm(total=len(ids), desc=desc, unit="row") as bar:  # rows/s; TQDM_DISABLE=1 hides it
+        for batch in _by_length([len(x) for x in ids], batch_size):
             # LEFT padding: a decoder appends each new token after the last position of the row.
             # With right padding, a short prompt would be followed by pad tokens and the model would
-            # continue after them. Left padding makes every prompt end at the same position; the
-            # attention mask hides the pads and generate derives position ids from the mask.
-            input_ids = torch.tensor([[pad_id] * (width - len(ids[i])) + ids[i] for i in batch], device=device)
-            mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch], device=device)
-            new = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, num_beams=1, eos_token_id=end_token_id(tokenizer),
-                                 pad_token_id=pad_id)[:, width:]
+            # continue after them. The attention mask hides the pads; generate derives positions from it.
+            inputs = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, padding_side="left",
+                                   return_tensors="pt").to(device)
+            new = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 eos_token_id=stop, pad_token_id=pad_id)[:, inputs["input_ids"].shape[1]:]
             for i, row in zip(batch, new):
                 outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+            bar.update(len(batch))
     return outputs
 
 
@@ -133,8 +142,8 @@ def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
                            autocast=autocast, desc=desc)
     metric = load_metric("entity_f1" if task == "extraction" else "text_overlap")
     scores = metric.compute(predictions=predictions, references=references)
-    return {**scores, "task": task, "predictions": predictions, "references": references,
-            "inputs": [example_input(ex, data_config) for ex in examples]}
+    return {**scores, "task": task, "num_examples": len(examples), "predictions": predictions,
+            "references": references, "inputs": [example_input(ex, data_config) for ex in examples]}
 
 
 def perplexity(model: PreTrainedModel, tokenized_split: Dataset, collator: Callable[[list[dict]], dict],
@@ -164,33 +173,32 @@ def perplexity(model: PreTrainedModel, tokenized_split: Dataset, collator: Calla
     return math.exp(total_loss / total_tokens)
 
 
-def evaluate_classification(model: PreTrainedModel, tokenized_split: Dataset, labels: list[str],
-                            batch_size: int = 16, out_png: str | Path | None = None,
-                            autocast: bool | None = None) -> dict[str, Any]:
+def evaluate_classification(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tokenized_split: Dataset,
+                            labels: list[str], batch_size: int = 16, out_png: str | Path | None = None,
+                            autocast: bool | None = None, desc: str = "classify") -> dict[str, Any]:
     """Accuracy, macro-F1 and confusion matrix (``classification`` metric) of a classifier.
 
-    `tokenized_split` has ``input_ids`` and an integer ``label``. Rows are right-padded with the
-    model's pad id (sequence classifiers read the last non-pad token, or the first token for BERT).
-    The confusion matrix is also drawn to `out_png` when given.
+    `tokenized_split` has ``input_ids`` and an integer ``label``. Rows are batched by length and
+    right-padded (sequence classifiers read the first token, BERT, or the last non-pad one), and
+    predictions come back in the split's order. The confusion matrix is also drawn to `out_png`.
     """
-    pad_id = model.config.pad_token_id or 0
+    collate = DataCollatorWithPadding(tokenizer)
     device = next(model.parameters()).device
-    predictions: list[int] = []
-    with _eval_mode(model), _autocast(model, autocast):
-        for start in range(0, len(tokenized_split), batch_size):
-            rows = tokenized_split[start:start + batch_size]["input_ids"]
-            width = max(len(r) for r in rows)
-            input_ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], device=device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-            predictions += model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1).tolist()
+    rows = tokenized_split["input_ids"]
+    predictions: list[int] = [0] * len(rows)
+    with _eval_mode(model), _autocast(model, autocast), tqdm(total=len(rows), desc=desc, unit="row") as bar:
+        for batch in _by_length([len(r) for r in rows], batch_size):
+            inputs = collate([{"input_ids": rows[i]} for i in batch]).to(device)
+            for i, predicted in zip(batch, model(**inputs).logits.argmax(-1).tolist()):
+                predictions[i] = predicted
+            bar.update(len(batch))
     references = [int(x) for x in tokenized_split["label"]]
     scores = load_metric("classification").compute(predictions=predictions, references=references,
                                                    num_labels=len(labels))
     if out_png is not None:
-        import matplotlib.pyplot as plt
-
-        plt.close(plot_confusion_matrix(scores["confusion_matrix"], labels, out_png))
-    return {**scores, "labels": list(labels), "predictions": predictions, "references": references}
+        plot_confusion_matrix(scores["confusion_matrix"], labels, out_png)
+    return {**scores, "num_examples": len(references), "labels": list(labels), "predictions": predictions,
+            "references": references}
 
 
 def error_analysis(predictions: list[str], references: list[str], inputs: list[str],
@@ -235,14 +243,15 @@ def compare_table(base: dict, tuned: dict, keys: list[str]) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
-def _evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RunConfig, raw: Dataset,
-                    tokenized: Dataset, validation: Dataset, labels: list[str] | None, out: Path, name: str) -> dict:
+def _evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RunConfig, split: EvalSplit,
+                    out: Path, name: str) -> dict:
     """Every metric of one model (base or tuned) on the evaluation split."""
     if config.data.recipe == "classification":
-        return evaluate_classification(model, tokenized, labels, config.eval.batch_size,
-                                       out / f"confusion_matrix_{name}.png")
-    result = evaluate_generation(model, tokenizer, raw, config.data, config.eval, desc=f"generate ({name})")
-    result["perplexity"] = perplexity(model, validation, CompletionCollator(tokenizer), config.eval.batch_size)
+        return evaluate_classification(model, tokenizer, split.tokenized, split.labels, config.eval.batch_size,
+                                       out / f"confusion_matrix_{name}.png", desc=f"classify ({name})")
+    result = evaluate_generation(model, tokenizer, split.raw, config.data, config.eval, desc=f"generate ({name})")
+    result["perplexity"] = perplexity(model, split.validation, completion_collator(tokenizer), config.eval.batch_size)
+    result["perplexity_rows"] = len(split.validation)
     if result["task"] == "extraction":
         result["errors"] = error_analysis(result["predictions"], result["references"], result["inputs"])
     return result
@@ -257,79 +266,113 @@ def _summary(result: dict) -> dict:
     return summary
 
 
-def run_evaluation(config: RunConfig, adapter_dir: str | None = None, compare_base: bool = True,
-                   out_dir: str | None = None) -> dict[str, Any]:
-    """Evaluate the base model and the base + adapter on ``config.eval.split``; write and print the results.
+class EvalSplit:
+    """The rows one evaluation scores: raw examples, their tokens, and validation rows for perplexity."""
 
-    adapter_dir defaults to ``<train.output_dir>/adapter`` when it exists. The base is evaluated
-    *before* the adapter is attached (so its numbers really are the base's); then the adapter is
-    attached to the same model object, which saves loading the weights twice. Perplexity uses the
-    validation split (as training's eval loss does), capped at ``eval.max_examples`` like the split.
-    Returns the dict written to results.json.
-    """
-    out = Path(out_dir or Path(config.train.output_dir) / "eval")
-    out.mkdir(parents=True, exist_ok=True)
-    default_adapter = Path(config.train.output_dir) / "adapter"
-    if adapter_dir is None and default_adapter.is_dir():
-        adapter_dir = str(default_adapter)
-    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"No adapter in '{adapter_dir}' (adapter_config.json missing). Train first, "
-                                "or pass --adapter with the adapter folder of a run.")
-    if adapter_dir is None and not compare_base:
-        raise ValueError("Nothing to evaluate: no adapter found and compare_base=False.")
+    def __init__(self, raw: Dataset, tokenized: Dataset, validation: Dataset, labels: list[str] | None,
+                 name: str, total: int):
+        if raw["row"] != tokenized["row"]:  # classification scores tokens, reports raw rows: same order
+            raise RuntimeError("tunebook bug: tokenized and raw evaluation rows are not aligned.")
+        self.raw, self.tokenized, self.validation, self.labels = raw, tokenized, validation, labels
+        self.name, self.total = name, total
 
-    tokenizer = load_tokenizer(config.model.name, config.model.trust_remote_code)
+    def __len__(self) -> int:
+        return len(self.raw)
+
+
+def evaluation_split(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> EvalSplit:
+    """``eval.split`` of the prepared data, capped at ``eval.max_examples`` (its first rows)."""
     prepared = prepare_tokenized(config, tokenizer)
-    split = config.eval.split
-    if split not in prepared.raw:
-        raise ValueError(f"eval.split={split!r} does not exist; splits: {list(prepared.raw)}.")
-    cap = config.eval.max_examples
+    name, cap = config.eval.split, config.eval.max_examples
 
     def capped(dataset: Dataset) -> Dataset:
         return dataset.select(range(min(cap, len(dataset)))) if cap is not None else dataset
 
-    raw, tokenized, validation = capped(prepared.raw[split]), capped(prepared.tokenized[split]), \
-        capped(prepared.tokenized["validation"])
+    return EvalSplit(capped(prepared.raw[name]), capped(prepared.tokenized[name]),
+                     capped(prepared.tokenized["validation"]), prepared.labels, name, len(prepared.raw[name]))
+
+
+def find_adapter(config: RunConfig, adapter_dir: str | None, compare_base: bool) -> Path | None:
+    """The adapter to evaluate: `adapter_dir`, else the run's ``adapter/`` when it exists."""
+    default = Path(config.train.output_dir) / "adapter"
+    adapter = Path(adapter_dir) if adapter_dir is not None else default if default.is_dir() else None
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise RunFolderError(f"No adapter in '{adapter}' (adapter_config.json missing). Train first, or pass "
+                             "--adapter with the adapter folder of a run.")
+    if adapter is None and not compare_base:
+        raise RunFolderError(f"Nothing to evaluate: no adapter in {default} and the base model is skipped.")
+    return adapter
+
+
+def write_results(out: Path, config: RunConfig, split: EvalSplit, results: dict[str, dict],
+                  adapter: Path | None) -> dict:
+    """results.json (metrics, each with its row count) and predictions.jsonl (one line per row)."""
+    task = "classification" if config.data.recipe == "classification" else next(iter(results.values()))["task"]
+    summary = {"model": config.model.name, "quantization": config.model.quantization,
+               "adapter": str(adapter) if adapter else None, "split": split.name, "num_examples": len(split),
+               "split_rows": split.total, "task": task, **{name: _summary(r) for name, r in results.items()}}
+    lines = []
+    for i, example in enumerate(split.raw):
+        row: dict[str, Any] = {"row": example["row"], "input": example["text"] if task == "classification"
+                               else example_input(example, config.data)}
+        for name, r in results.items():
+            if task == "classification":
+                row["reference"] = r["labels"][r["references"][i]]
+                row[f"{name}_output"] = r["labels"][r["predictions"][i]]
+            else:
+                row["reference"] = r["references"][i]
+                row[f"{name}_output"] = r["predictions"][i]
+                if "errors" in r:
+                    row[f"{name}_errors"] = r["errors"]["per_example"][i]
+        lines.append(json.dumps(row, ensure_ascii=False))
+    write_json(out / "results.json", summary)
+    write_text(out / "predictions.jsonl", "".join(line + "\n" for line in lines))
+    return summary
+
+
+def run_evaluation(config: RunConfig, adapter_dir: str | None = None, compare_base: bool = True,
+                   out_dir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate the base model and the base + adapter on ``config.eval.split``; write and print the results.
+
+    adapter_dir defaults to ``<train.output_dir>/adapter`` when it exists; the config must describe
+    the model that adapter was trained as (its run's config.yaml: model, LoRA shape, labels,
+    prompts). The base is evaluated *before* the adapter is attached (so its numbers really are the
+    base's); then the adapter is attached to the same model object, which saves loading the weights
+    twice. Results are written to ``<train.output_dir>/eval`` (or `out_dir`), never over earlier
+    results unless `overwrite`. Returns the dict written to results.json.
+    """
+    out = Path(out_dir or Path(config.train.output_dir) / "eval")
+    adapter = find_adapter(config, adapter_dir, compare_base)
+    if adapter is not None:
+        check_same_model(adapter.parent, config, f"evaluate {adapter}")
+    if (out / "results.json").is_file() and not overwrite:
+        raise RunFolderError(f"{out} already holds evaluation results. Re-run with --overwrite to replace them, "
+                             "or write them elsewhere with --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(config.model.name, config.model.trust_remote_code)
+    split = evaluation_split(config, tokenizer)
     set_seed(config.train.seed)  # a new classification head starts as training's did
     # The base weights in the dtype training stored them in (bf16 where fast), so the model
     # evaluated is numerically the one trained.
     precision = choose_precision(config.train.precision)
     model = load_model(config.model.name, config.model.task, quantization=config.model.quantization,
-                       dtype=precision_dtype(precision.value), label_names=prepared.labels,
+                       dtype=precision_dtype(precision.value), label_names=split.labels,
                        trust_remote_code=config.model.trust_remote_code)
-    print(f"[tunebook] evaluating on {len(raw)} {split} examples; {precision}")
+    logger.info(f"evaluating on {len(split)} of {split.total} {split.name} rows; {precision}")
     results: dict[str, dict] = {}
     if compare_base:
-        results["base"] = _evaluate_model(model, tokenizer, config, raw, tokenized, validation,
-                                          prepared.labels, out, "base")
-    if adapter_dir is not None:
-        model = load_adapter(model, adapter_dir)
-        results["tuned"] = _evaluate_model(model, tokenizer, config, raw, tokenized, validation,
-                                           prepared.labels, out, "tuned")
+        if config.data.recipe == "classification":
+            logger.info("base: the classification head is untrained (random), so base scores are near chance")
+        results["base"] = _evaluate_model(model, tokenizer, config, split, out, "base")
+    if adapter is not None:
+        model = load_adapter(model, str(adapter))
+        results["tuned"] = _evaluate_model(model, tokenizer, config, split, out, "tuned")
     else:
-        print(f"[tunebook] no adapter at {default_adapter}: evaluating the base model only")
-
-    task = "classification" if config.data.recipe == "classification" else next(iter(results.values()))["task"]
-    summary = {"model": config.model.name, "quantization": config.model.quantization, "adapter": adapter_dir,
-               "split": split, "num_examples": len(raw), "task": task,
-               **{name: _summary(r) for name, r in results.items()}}
-    write_json(out / "results.json", summary)
-    with open(out / "predictions.jsonl", "w") as f:
-        for i, example in enumerate(raw):
-            row: dict[str, Any] = {"index": i, "input": example_input(example, config.data)
-                                   if task != "classification" else example["text"]}
-            for name, r in results.items():
-                if task == "classification":
-                    row["reference"] = r["labels"][r["references"][i]]
-                    row[f"{name}_output"] = r["labels"][r["predictions"][i]]
-                else:
-                    row["reference"] = r["references"][i]
-                    row[f"{name}_output"] = r["predictions"][i]
-                    if "errors" in r:
-                        row[f"{name}_errors"] = r["errors"]["per_example"][i]
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    keys = TABLE_KEYS[task] + [f"per_type.{t}.f1" for t in next(iter(results.values())).get("per_type", {})]
-    keys += ["perplexity"] if task != "classification" else []
-    print(compare_table(results.get("base", {}), results.get("tuned", {}), keys))
-    print(f"[tunebook] results written to {out}/results.json and predictions.jsonl")
+        logger.info(f"no adapter at {Path(config.train.output_dir) / 'adapter'}: evaluating the base model only")
+    summary = write_results(out, config, split, results, adapter)
+    keys = TABLE_KEYS[summary["task"]] + [f"per_type.{t}.f1" for t in next(iter(results.values())).get("per_type", {})]
+    keys += ["perplexity"] if summary["task"] != "classification" else []
+    logger.info(f"{split.name}, {len(split)} rows:\n" + compare_table(results.get("base", {}),
+                                                                      results.get("tuned", {}), keys))
+    logger.info(f"results written to {out}/results.json and predictions.jsonl")
     return summary

@@ -40,9 +40,14 @@ def atomic_directory(target: str | Path, replace: bool = True) -> Iterator[Path]
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str | Path, payload: dict) -> None:
-    """Write JSON atomically (temporary file + rename)."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temporary file + rename): readers see the old or the new file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    write_text(path, json.dumps(payload, indent=2, default=str, ensure_ascii=False))

@@ -3,30 +3,40 @@
 One function, :func:`build_prompt`, makes the prompt for training *and* for inference, so the two
 can never drift apart (the classic bug: train on one template, generate with another).
 
-Completion-only loss: an example is ``prompt_ids + answer_ids + [end_id]`` and its labels are
-``-100`` (ignored by the loss) on every prompt token, so the model learns to answer, not to
-reproduce the question; the answer and its end token are trained, so the model learns to *stop*.
+Completion-only loss: an example is ``prompt_ids + answer_ids`` and its labels are ``-100``
+(ignored by the loss) on every prompt token, so the model learns to answer, not to reproduce the
+question. The answer is what the chat template itself writes after the prompt, up to and including
+the template's **end-of-turn token** (``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama 3,
+``<end_of_turn>`` for Gemma, ``<|end|>`` for Phi-3, ``</s>`` for Mistral): the model learns to stop
+the way its serving engines expect, and generation stops on the same token.
+
 Labels are built from positions, never from ``input_ids == pad_token_id``: many tokenizers
 (SmolLM2 included) use the end token as the pad token, and masking pads by id would also mask
-the real end token, so the model would never learn to stop.
+the real end token, so the model would never learn to stop. This masking is written out here
+(rather than taken from TRL's ``DataCollatorForCompletionOnlyLM``) because it is the lesson of
+notebook 01; padding, which teaches nothing, is transformers' ``DataCollatorForSeq2Seq``.
 """
 
 from __future__ import annotations
 
 import html
 import itertools
-from dataclasses import dataclass
 
 import numpy as np
-import torch
 from datasets import DatasetDict
-from transformers import PreTrainedTokenizerBase
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from .config import DataConfig
+from .errors import TemplateError
+from .log import get_logger
+
+logger = get_logger()
 
 IGNORE_INDEX = -100
 # Used when the tokenizer has no chat template (base models); Alpaca's widely used layout.
-PLAIN_PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
+PLAIN_PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+# Tokenizers without a length limit report model_max_length as a huge sentinel (1e30).
+_NO_LIMIT = 1_000_000
 
 
 def prompt_messages(example: dict, config: DataConfig) -> list[dict[str, str]]:
@@ -53,29 +63,78 @@ def build_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, st
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     # Plain template: system + user turns folded into the instruction.
     instruction = "\n\n".join(m["content"] for m in messages if m["role"] != "assistant")
-    return PLAIN_PROMPT_TEMPLATE.format(instruction=instruction, input_block="")
-
-
-def end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The token that ends an answer: the end-of-turn token of the chat format (EOS here)."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no eos_token; set one so the model can learn to stop.")
-    return tokenizer.eos_token_id
+    return PLAIN_PROMPT_TEMPLATE.format(instruction=instruction)
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    # Chat templates already write special tokens (BOS, turn markers) into the text; plain
-    # prompts need the tokenizer to add BOS itself.
+    """Token ids of a prompt from :func:`build_prompt`.
+
+    Chat templates already write their special tokens (BOS, turn markers) into the text; adding
+    them again would double the BOS of Llama- and Mistral-style tokenizers. Plain prompts need the
+    tokenizer to add BOS itself.
+    """
     return tokenizer(prompt, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
+def encode_answer(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], answer: str) -> list[int]:
+    """Token ids the model must produce after the prompt: the answer and the end-of-turn token.
+
+    With a chat template, the whole conversation is rendered and the text after the prompt is
+    kept up to and including the first special token, the template's end of turn (what follows
+    it, e.g. a newline or Phi-3's trailing ``<|endoftext|>``, belongs to no answer). Without a
+    template the end is ``eos_token``.
+    """
+    if not tokenizer.chat_template:
+        if tokenizer.eos_token_id is None:
+            raise TemplateError("The tokenizer has neither a chat template nor an eos_token, so an answer "
+                                "has no end the model could learn. Set tokenizer.eos_token (or use a model "
+                                "with a chat template).")
+        return tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt = build_prompt(tokenizer, messages)
+    full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False)
+    if not full.startswith(prompt):
+        raise TemplateError(
+            "The chat template renders the conversation differently once the answer is added (the "
+            f"prompt {prompt[-60:]!r} is not a prefix of the full text {full[-120:]!r}), so the trained "
+            "tokens cannot be separated from the prompt. Use a template whose generation prompt is a "
+            "prefix of the rendered conversation.")
+    ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    special = _special_ids(tokenizer)
+    end = next((n for n, token in enumerate(ids) if token in special), None)
+    if end is None:
+        raise TemplateError(f"The chat template writes no special end-of-turn token after the answer "
+                            f"({full[len(prompt):][-60:]!r}): the model could not learn to stop. Add one "
+                            "to the template (as ChatML's <|im_end|>) or remove the template.")
+    return ids[:end + 1]
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that ends an answer: the chat template's end of turn (``eos_token`` without one).
+
+    Read off a rendered one-turn conversation, so it is whatever the template writes.
+    """
+    return encode_answer(tokenizer, [{"role": "user", "content": "Hi"}], "Hello")[-1]
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Tokens generation stops on: the end of turn, and EOS where it differs (base-model habits)."""
+    ids = [end_of_turn_id(tokenizer)]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
 
 
 def tokenize_example(example: dict, tokenizer: PreTrainedTokenizerBase, config: DataConfig) -> dict:
     """input_ids, labels (prompt masked) and length for one instruction/chat example."""
-    prompt_ids = encode_prompt(tokenizer, build_prompt(tokenizer, prompt_messages(example, config)))
-    answer_ids = tokenizer(answer_text(example, config), add_special_tokens=False)["input_ids"]
-    input_ids = prompt_ids + answer_ids + [end_token_id(tokenizer)]
-    labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids + [end_token_id(tokenizer)]
-    return {"input_ids": input_ids, "labels": labels, "length": len(input_ids)}
+    messages = prompt_messages(example, config)
+    prompt_ids = encode_prompt(tokenizer, build_prompt(tokenizer, messages))
+    answer_ids = encode_answer(tokenizer, messages, answer_text(example, config))
+    return {"input_ids": prompt_ids + answer_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+            "length": len(prompt_ids) + len(answer_ids)}
 
 
 def check_labels(input_ids: list[int], labels: list[int], end_id: int, where: str = "") -> None:
@@ -89,43 +148,65 @@ def check_labels(input_ids: list[int], labels: list[int], end_id: int, where: st
         raise ValueError(f"{where}input_ids and labels differ in length ({len(input_ids)} vs {len(labels)}).")
 
 
-def tokenize_dataset(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, config: DataConfig,
-                     label_names: list[str] | None = None) -> DatasetDict:
-    """Tokenize every split for the recipe; checks labels and applies ``max_length``."""
+def classification_length_limit(tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> int | None:
+    """Tokens a classifier reads: ``data.max_length``, else the model's own limit (512 for BERT)."""
+    model_limit = tokenizer.model_max_length if tokenizer.model_max_length < _NO_LIMIT else None
+    return min(n for n in (max_length, model_limit) if n) if (max_length or model_limit) else None
+
+
+def tokenize_dataset(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, config: DataConfig) -> DatasetDict:
+    """Tokenize every split for the recipe; checks labels and applies ``max_length``.
+
+    Classification truncates over-long texts to the limit and counts them: a classifier still
+    reads the first tokens, and every test row keeps its place in the denominator. Generation
+    recipes never cut an answer: training and validation examples over ``max_length`` are dropped
+    and counted, and test rows are all kept (evaluation generates from their prompts).
+    """
     if config.recipe == "classification":
-        label_ids = {name: i for i, name in enumerate(label_names or [])}
-
-        def encode(example: dict) -> dict:
-            ids = tokenizer(example["text"])["input_ids"]  # never cut silently: see drop_overlong
-            label = example["label"]
-            return {"input_ids": ids, "label": label_ids.get(str(label), label), "length": len(ids)}
-
-        tokenized = DatasetDict({s: d.map(encode, remove_columns=[c for c in d.column_names if c != "label"])
+        limit = classification_length_limit(tokenizer, config.max_length)
+        tokenized = DatasetDict({s: d.map(_encode_text, fn_kwargs={"tokenizer": tokenizer, "limit": limit},
+                                          remove_columns=["text"], desc=f"tokenize {s}")
                                  for s, d in data.items()})
-        return drop_overlong(tokenized, config.max_length) if config.max_length else tokenized
+        for split, dataset in tokenized.items():
+            if cut := sum(dataset["truncated"]):
+                logger.warning(f"{cut} of {len(dataset)} {split} texts are longer than {limit} tokens and "
+                               "were truncated to it (raise data.max_length to read more of them)")
+        return tokenized
+    roles = [c for c in next(iter(data.values())).column_names if c != "row"]
     tokenized = DatasetDict({
         s: d.map(tokenize_example, fn_kwargs={"tokenizer": tokenizer, "config": config},
-                 remove_columns=d.column_names, desc=f"tokenize {s}")
+                 remove_columns=roles, desc=f"tokenize {s}")
         for s, d in data.items()
     })
-    end_id = end_token_id(tokenizer)
+    end_id = end_of_turn_id(tokenizer)
     for split, dataset in tokenized.items():
         for i, example in enumerate(dataset):
             check_labels(example["input_ids"], example["labels"], end_id, f"{split} example {i}: ")
     if config.max_length is not None:
-        tokenized = drop_overlong(tokenized, config.max_length)
+        tokenized = drop_overlong(tokenized, config.max_length, splits=("train", "validation"))
     return tokenized
 
 
-def drop_overlong(tokenized: DatasetDict, max_length: int) -> DatasetDict:
-    """Drop (and report) examples longer than max_length instead of cutting their answers silently."""
-    out = {}
-    for split, dataset in tokenized.items():
+def _encode_text(example: dict, tokenizer: PreTrainedTokenizerBase, limit: int | None) -> dict:
+    ids = tokenizer(example["text"])["input_ids"]
+    truncated = limit is not None and len(ids) > limit
+    if truncated:  # re-encode so the tokenizer keeps its end token ([SEP]) inside the limit
+        ids = tokenizer(example["text"], truncation=True, max_length=limit)["input_ids"]
+    return {"input_ids": ids, "length": len(ids), "truncated": truncated}
+
+
+def drop_overlong(tokenized: DatasetDict, max_length: int, splits: tuple[str, ...] = ("train", "validation")
+                  ) -> DatasetDict:
+    """Drop (and report) `splits`' examples longer than max_length instead of cutting their answers."""
+    out = dict(tokenized)
+    for split in splits:
+        if split not in tokenized:
+            continue
+        dataset = tokenized[split]
         keep = [i for i, n in enumerate(dataset["length"]) if n <= max_length]
-        dropped = len(dataset) - len(keep)
-        if dropped:
-            print(f"[tunebook] warning: {dropped} of {len(dataset)} {split} examples are longer than "
-                  f"max_length={max_length} tokens and were dropped (raise data.max_length to keep them)")
+        if dropped := len(dataset) - len(keep):
+            logger.warning(f"{dropped} of {len(dataset)} {split} examples are longer than max_length={max_length} "
+                           "tokens and were dropped (raise data.max_length to keep them)")
         if not keep:
             raise ValueError(f"Every {split} example is longer than max_length={max_length}; raise data.max_length.")
         out[split] = dataset.select(keep)
@@ -149,31 +230,19 @@ def suggest_max_length(lengths: list[int] | np.ndarray, multiple: int = 8) -> in
     return -(-longest // multiple) * multiple
 
 
-@dataclass
-class CompletionCollator:
-    """Pads a batch for causal-LM training: input_ids with pad, attention 0, labels -100.
+def completion_collator(tokenizer: PreTrainedTokenizerBase, pad_to_length: int | None = None
+                        ) -> DataCollatorForSeq2Seq:
+    """Pads a causal-LM batch: input_ids with pad, attention 0, labels -100 (ignored by the loss).
 
-    Dynamic padding pads to the longest example *in the batch* (rounded up to a multiple of 8
-    for efficient kernels), not to a global max_length: with length grouping this removes most
-    padding compute. ``pad_to_length`` reproduces the usual tutorial recipe (pad everything to a
-    fixed length) for the benchmark.
+    Dynamic padding pads to the longest example *in the batch* (rounded up to a multiple of 8 for
+    efficient kernels), not to a global max_length: with length grouping this removes most padding
+    compute. ``pad_to_length`` reproduces the usual tutorial recipe (pad everything to a fixed
+    length) for the benchmark. Padding goes on the right (the tokenizer's training side).
     """
-
-    tokenizer: PreTrainedTokenizerBase
-    pad_to_multiple_of: int = 8
-    pad_to_length: int | None = None
-
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
-        width = self.pad_to_length or -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        pad_id = self.tokenizer.pad_token_id
-        batch = {"input_ids": [], "attention_mask": [], "labels": []}
-        for f in features:
-            n = len(f["input_ids"])
-            batch["input_ids"].append(list(f["input_ids"]) + [pad_id] * (width - n))
-            batch["attention_mask"].append([1] * n + [0] * (width - n))
-            batch["labels"].append(list(f["labels"]) + [IGNORE_INDEX] * (width - n))
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+    if pad_to_length is not None:
+        return DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=pad_to_length,
+                                      label_pad_token_id=IGNORE_INDEX)
+    return DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX)
 
 
 def trained_segments(input_ids: list[int], labels: list[int], tokenizer: PreTrainedTokenizerBase

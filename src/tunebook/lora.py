@@ -26,8 +26,12 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from .config import LoraConfigSettings
+from .config import LoraSettings
 from .environment import sharded_training
+from .errors import TunebookError
+from .log import get_logger
+
+logger = get_logger()
 
 # Projection names per architecture (model.config.model_type). Heads (lm_head, classifier, score)
 # are never adapted: a classification head is new and is trained fully (PEFT's modules_to_save).
@@ -48,7 +52,7 @@ _HEAD_NAMES = {"lm_head", "classifier", "score", "qa_outputs"}
 _TASK_TYPES = {"causal-lm": TaskType.CAUSAL_LM, "sequence-classification": TaskType.SEQ_CLS}
 
 
-class UnknownTargetModule(ValueError):
+class UnknownTargetModule(TunebookError, ValueError):
     """A requested LoRA target matches no linear layer of the model."""
 
 
@@ -85,10 +89,10 @@ def resolve_target_modules(model: torch.nn.Module, target_modules: list[str] | s
 
 
 def make_lora_config(
-    model: torch.nn.Module, settings: LoraConfigSettings | None = None, task: str = "causal-lm"
+    model: torch.nn.Module, settings: LoraSettings | None = None, task: str = "causal-lm"
 ) -> LoraConfig:
     """A peft `LoraConfig` for `model` from tunebook's few settings."""
-    settings = settings or LoraConfigSettings()
+    settings = settings or LoraSettings()
     if task not in _TASK_TYPES:
         raise ValueError(f"Unknown task {task!r}; use one of {list(_TASK_TYPES)}.")
     return LoraConfig(
@@ -103,7 +107,7 @@ def make_lora_config(
 
 def apply_lora(
     model: PreTrainedModel,
-    settings: LoraConfigSettings | None = None,
+    settings: LoraSettings | None = None,
     task: str = "causal-lm",
     gradient_checkpointing: bool = False,
     verbose: bool = True,
@@ -134,10 +138,11 @@ def apply_lora(
                 param.data = param.data.float()
     if verbose:
         trainable, total = count_parameters(peft_model)
-        print(
-            f"[tunebook] LoRA r={config.r} alpha={config.lora_alpha} on {sorted(config.target_modules)}: "
-            f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
-        )
+        logger.info(f"LoRA r={config.r} alpha={config.lora_alpha:g} on {sorted(config.target_modules)}: "
+                    f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+        if task == "sequence-classification":
+            logger.info(f"the classification head ({model.config.num_labels} labels) is new: randomly "
+                        "initialised and trained in full beside the adapter")
     return peft_model
 
 
@@ -155,7 +160,27 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+class AdapterError(TunebookError):
+    """A saved adapter cannot be attached to this base model."""
+
+
 def load_adapter(model: PreTrainedModel, adapter_dir: str, adapter_name: str = "default",
                  is_trainable: bool = False) -> PeftModel:
-    """Attach a saved adapter to a base model (inference by default)."""
-    return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable)
+    """Attach a saved adapter to a base model (inference by default).
+
+    The two failures users meet, a damaged adapter file and an adapter trained on another base
+    model (peft reports every mismatched tensor, hundreds of lines), become one message each.
+    """
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable)
+    except Exception as exc:  # safetensors, torch and peft raise their own types for the same two faults
+        text = str(exc)
+        if "size mismatch" in text:
+            raise AdapterError(f"The adapter in {adapter_dir} was trained on another base model or LoRA shape than "
+                               f"{getattr(model.config, 'name_or_path', 'this model')} ({text.count('size mismatch')} "
+                               "tensors differ in shape). Use the model.name and lora settings of its run "
+                               "(config.yaml next to the adapter).") from None
+        if type(exc).__name__ in ("SafetensorError", "HeaderTooLarge", "JSONDecodeError") or "deserializ" in text:
+            raise AdapterError(f"The adapter files in {adapter_dir} are damaged ({type(exc).__name__}: "
+                               f"{text.splitlines()[0][:120]}). Train again, or resume its run to save it anew.") from None
+        raise

@@ -30,8 +30,12 @@ from transformers import (
 )
 
 from .environment import choose_precision, precision_dtype, sharded_training
+from .errors import TunebookError
 from .files import atomic_directory
+from .log import get_logger
 from .quantization import make_quantization_config
+
+logger = get_logger()
 
 TASKS = ("causal-lm", "sequence-classification")
 
@@ -64,7 +68,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 }
 
 
-class ModelNotFound(OSError):
+class ModelNotFound(TunebookError, OSError):
     """A model name resolved to nothing loadable; the message lists what would work."""
 
 
@@ -91,7 +95,7 @@ def _materialize_gguf(name: str, entry: EmbeddedModel) -> Path:
         return target
     source = _package_dir(entry)
     shown = str(target).replace(str(Path.home()), "~", 1)  # no machine paths in logs and notebooks
-    print(f"[tunebook] first use of '{name}': dequantizing {entry.gguf_file} to safetensors in {shown}")
+    logger.info(f"first use of '{name}': dequantizing {entry.gguf_file} to safetensors in {shown}")
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=entry.gguf_file)
     gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=entry.gguf_file)
     # save_pretrained refuses GGUF-loaded models, so rebuild a plain model from the same config
@@ -119,8 +123,18 @@ def resolve_model(name: str) -> str:
     return name  # a Hub id
 
 
+_MODEL_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
+
+
 def _load_or_explain(loader, name: str, source: str, **kwargs):
-    """Call a `from_pretrained`; turn a failed Hub download into one readable error."""
+    """Call a `from_pretrained`; turn a folder that holds no model, or a failed Hub download, into one error."""
+    local = Path(name).expanduser()
+    if local.is_dir() and not any((local / f).is_file() for f in _MODEL_FILES):
+        found = sorted(p.name for p in local.iterdir())[:10]
+        raise ModelNotFound(
+            f"model.name '{name}' is a folder but holds no model (no {' or '.join(_MODEL_FILES)}; files: {found}). "
+            f"Point it at a folder written by save_pretrained, an embedded model ({', '.join(EMBEDDED_MODELS)}) "
+            "or a Hugging Face Hub id.")
     try:
         return loader(source, **kwargs)
     except OSError as exc:
@@ -131,7 +145,7 @@ def _load_or_explain(loader, name: str, source: str, **kwargs):
             f"Could not load '{name}': it is not a local folder, not an embedded model, and the "
             f"Hugging Face Hub did not provide it ({first_line}). If you are offline, use an "
             f"embedded model ({', '.join(EMBEDDED_MODELS)}) or a local folder; for gated models "
-            "run `huggingface-cli login` first."
+            "run `hf auth login` first."
         ) from None
 
 
@@ -211,8 +225,6 @@ def load_model(
         model = _load_or_explain(AutoModelForSequenceClassification.from_pretrained, name, resolve_model(name), **kwargs)
     finally:
         loading_logger.removeFilter(_drop_load_report)
-    print(f"[tunebook] {name}: new classification head for {model.config.num_labels} labels "
-          "(randomly initialised, trained in full)")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = load_tokenizer(name).pad_token_id
     return model

@@ -10,13 +10,15 @@ the result.
   moves the run folder under ``runs/smoke/``.
 - :func:`ensure_adapter` trains a short adapter when a notebook needs one that an earlier notebook
   has not produced yet, so every notebook runs on its own.
-- :func:`execute_notebook` runs a notebook with papermill (used by ``scripts/run_notebooks.py``
-  and ``tests/test_notebooks.py``).
+
+Running the notebooks themselves (papermill, kernels, output checks) is contributor tooling and
+lives in ``scripts/notebook_tools.py``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -26,6 +28,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .log import get_logger
+
+logger = get_logger()
+
 # Smoke mode: every heavy step shrinks so that a notebook runs in about a minute on a CPU.
 SMOKE_OVERRIDES: dict[str, Any] = {
     "data.max_train_examples": 32,
@@ -34,7 +40,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "train.logging_steps": 1,
     "train.eval_steps": 2,
     "train.save_steps": 2,
-    "train.max_eval_examples": 4,
+    "train.eval_loss_examples": 4,
     "eval.max_examples": 4,
     "eval.max_new_tokens": 16,
 }
@@ -47,8 +53,6 @@ INSTRUCTIONS_OVERRIDES: dict[str, Any] = {
     "data.instruction": None,
     "data.system_prompt": "You are Nimbus Support, the help desk for the Nimbus N2 weather station.",
 }
-# Absolute paths of this machine in notebook sources or outputs (what committed notebooks must not show).
-MACHINE_PATH = re.compile(r"/(root|home|tmp|work|Users)/")
 
 
 def find_repo_root(start: str | Path | None = None) -> Path:
@@ -67,6 +71,7 @@ def quiet_libraries() -> None:
     import datasets
     import transformers
 
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # import-time note about optional kernels
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -86,7 +91,7 @@ def use_repo_root(quiet: bool = True) -> Path:
     os.chdir(root)
     if quiet:
         quiet_libraries()
-    print(f"working directory: the repository root ('{root.name}', where pyproject.toml is)")
+    logger.info(f"working directory: the repository root ('{root.name}', where pyproject.toml is)")
     return root
 
 
@@ -121,17 +126,16 @@ def ensure_adapter(config, fallback_steps: int) -> Path:
 
     adapter = Path(config.train.output_dir) / "adapter"
     if (adapter / "adapter_config.json").is_file():
-        print(f"using the adapter trained earlier: {adapter}")
+        logger.info(f"using the adapter trained earlier: {adapter}")
         return adapter
     short = apply_overrides(config, {"train.max_steps": fallback_steps,
                                      "train.output_dir": config.train.output_dir + "-short"})
     adapter = Path(short.train.output_dir) / "adapter"
     if (adapter / "adapter_config.json").is_file():
-        print(f"using the short adapter trained earlier: {adapter}")
+        logger.info(f"using the short adapter trained earlier: {adapter}")
         return adapter
-    print(f"no adapter in {config.train.output_dir}: training a short one ({fallback_steps} steps)")
+    logger.info(f"no adapter in {config.train.output_dir}: training a short one ({fallback_steps} steps)")
     run_training(short)
-    close_figures()
     return adapter
 
 
@@ -157,7 +161,7 @@ def train_in_subprocess(config) -> dict:
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise RuntimeError(f"training failed (exit code {proc.returncode}):\n{tail}")
-    print(f"finished in {time.perf_counter() - start:.0f} s")
+    logger.info(f"finished in {time.perf_counter() - start:.0f} s")
     return json.loads((run_dir / "metrics.json").read_text())
 
 
@@ -176,13 +180,6 @@ def folder_size_mb(path: str | Path) -> float:
     return mb(sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
 
 
-def close_figures() -> None:
-    """Close figures the pipeline drew (it saved them as PNG); the notebook shows the PNG files."""
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-
-
 def show_image(path: str | Path, width: int | None = None) -> None:
     """Display a PNG written by a run (loss curve, histogram, confusion matrix)."""
     from IPython.display import Image, display
@@ -194,86 +191,6 @@ def show_html(html: str) -> None:
     from IPython.display import HTML, display
 
     display(HTML(html))
-
-
-# ---------------------------------------------------------------------------------------------
-# Running notebooks (scripts/run_notebooks.py and tests/test_notebooks.py)
-
-
-def ensure_kernel(name: str = "python3") -> str:
-    """Make sure a Jupyter kernel `name` exists that runs *this* Python; install one if not.
-
-    ipykernel's wheel ships a ``python3`` kernelspec whose command is ``python``, which
-    jupyter_client replaces with the running interpreter, so a fresh venv usually has it already.
-    A kernelspec of another Python (e.g. a user-wide one) is shadowed by a ``tunebook`` kernel.
-    """
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    manager = KernelSpecManager()
-    try:
-        argv0 = manager.get_kernel_spec(name).argv[0]
-    except NoSuchKernel:
-        argv0 = None
-    if argv0 is not None and (argv0 in ("python", "python3") or Path(argv0).resolve() == Path(sys.executable).resolve()):
-        return name
-    if argv0 is None and name == "python3":
-        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True,
-                       capture_output=True)
-        return name
-    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", "tunebook",
-                    "--display-name", "Python (tunebook)"], check=True, capture_output=True)
-    return "tunebook"
-
-
-def notebook_problems(nb: Any, check_paths: bool = True) -> list[str]:
-    """Error outputs, tracebacks and (optionally) machine paths in an executed notebook."""
-    problems = []
-    for i, cell in enumerate(nb.cells):
-        texts = [cell.source]
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                problems.append(f"cell {i}: error output {out.get('ename')}: {out.get('evalue')}")
-            texts.append(out.get("text", ""))
-            texts += [v for v in out.get("data", {}).values() if isinstance(v, str) and not v.startswith("iVBOR")]
-        text = "\n".join(t if isinstance(t, str) else "".join(t) for t in texts)
-        if "Traceback (most recent call last)" in text:
-            problems.append(f"cell {i}: a traceback is printed")
-        if check_paths and (match := MACHINE_PATH.search(text)):
-            line = next(ln for ln in text.splitlines() if match.group(0) in ln)
-            problems.append(f"cell {i}: machine path in {line.strip()[:120]!r}")
-    return problems
-
-
-def execute_notebook(path: str | Path, output: str | Path, smoke: bool = False, kernel: str = "python3",
-                     cell_timeout: int = 3600, threads: int | None = None) -> Any:
-    """Execute `path` top to bottom with papermill, writing the executed notebook to `output`.
-
-    Runs with the kernel's working directory set to the notebook's folder, as Jupyter does (each
-    notebook moves itself to the repository root). Smoke mode passes ``SMOKE=True`` as a papermill
-    parameter; the notebook file itself is never edited. `threads` sets OMP_NUM_THREADS for the
-    kernel: 1 is much faster for smoke-sized work on a busy shared CPU. Returns the executed notebook.
-    """
-    import papermill
-
-    path = Path(path)
-    if threads is not None:  # the kernel (and any training subprocess) inherits it; torch reads it
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    return papermill.execute_notebook(
-        str(path), str(output), parameters={"SMOKE": True} if smoke else None, kernel_name=kernel,
-        cwd=str(path.parent), progress_bar=False, log_output=False, execution_timeout=cell_timeout,
-        start_timeout=300,
-    )
-
-
-def relative_papermill_metadata(nb: Any, root: str | Path) -> None:
-    """Make papermill's input/output paths in the notebook metadata relative to the repository root."""
-    meta = nb.metadata.get("papermill", {})
-    for key in ("input_path", "output_path"):
-        if meta.get(key):
-            try:
-                meta[key] = str(Path(meta[key]).resolve().relative_to(Path(root).resolve()))
-            except ValueError:
-                meta[key] = Path(meta[key]).name
 
 
 def training_comparison(runs: dict[str, dict], footprints: dict[str, int] | None = None):

@@ -6,7 +6,6 @@ inspect exactly what the model will see).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import RunConfig
 from .data import load_and_validate
+from .errors import ConfigError
+from .files import write_json
 from .formatting import length_stats, suggest_max_length, tokenize_dataset
 from .models import load_tokenizer
 from .plots import plot_length_histogram
@@ -22,9 +23,9 @@ from .plots import plot_length_histogram
 
 @dataclass
 class Prepared:
-    raw: DatasetDict  # validated splits with role columns (text for evaluation)
-    tokenized: DatasetDict  # input_ids / labels (or label) / length
-    report: dict  # validation report: sizes, duplicates, labels
+    raw: DatasetDict  # validated splits with role columns and `row` (text for evaluation)
+    tokenized: DatasetDict  # input_ids / labels (or label) / length / row
+    report: dict  # validation report: sizes, sources, duplicates, labels
     stats: dict  # token-length statistics of the training split
 
     @property
@@ -32,15 +33,25 @@ class Prepared:
         return self.report.get("labels")
 
 
+def check_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> None:
+    """``data.max_length`` past the model's context would train positions the model never learnt."""
+    limit = tokenizer.model_max_length
+    if max_length is not None and limit < 1_000_000 and max_length > limit:
+        raise ConfigError(f"data.max_length: {max_length} is longer than the model's context ({limit} tokens, "
+                          f"tokenizer.model_max_length). Set data.max_length <= {limit}, or null.")
+
+
 def prepare_tokenized(config: RunConfig, tokenizer: PreTrainedTokenizerBase,
                       histogram_path: str | Path | None = None) -> Prepared:
     """Validate, split and tokenize the data of `config`; report (and plot) token lengths.
 
     With ``data.max_length: null`` the length is chosen to fit the longest training example, so
-    nothing is cut; with a set value, longer examples are dropped and counted, never truncated.
+    nothing is cut; with a set value, longer generation examples are dropped and counted, never
+    truncated, and classification texts are truncated and counted.
     """
+    check_max_length(tokenizer, config.data.max_length)
     raw, report = load_and_validate(config.data)
-    tokenized = tokenize_dataset(raw, tokenizer, config.data, report.get("labels"))
+    tokenized = tokenize_dataset(raw, tokenizer, config.data)
     lengths = tokenized["train"]["length"]
     stats = length_stats(lengths, config.data.max_length or suggest_max_length(lengths))
     if histogram_path is not None:
@@ -56,5 +67,5 @@ def prepare_dataset(config: RunConfig, out_dir: str | Path | None = None) -> dic
     prepared = prepare_tokenized(config, tokenizer, out / "length_histogram.png")
     prepared.tokenized.save_to_disk(str(out / "dataset"))
     stats = {"validation": prepared.report, "train_token_lengths": prepared.stats}
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    write_json(out / "stats.json", stats)
     return {"out_dir": out, "stats": stats, "prepared": prepared}

@@ -20,18 +20,26 @@ import torch
 from transformers import BitsAndBytesConfig
 
 from .environment import Decision, choose_device, choose_precision, precision_dtype, sharded_training
+from .errors import TunebookError
+from .log import get_logger
+
+logger = get_logger()
 
 QUANTIZATION_MODES = ("4bit", "8bit")
 
-# 8-bit matmuls on CPU warn on every call that inputs are cast to fp16; one line per layer per
-# step drowns the progress bar without telling the user anything new.
-warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-# bitsandbytes looks for optional CPU kernels from the `kernels` package and logs when absent;
-# the built-in CPU path is used instead, so the message is noise for tunebook's users.
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+def quiet_bitsandbytes() -> None:
+    """Silence two bitsandbytes messages that tell a tunebook user nothing; called when quantizing.
+
+    8-bit matmuls on CPU warn on every call that inputs are cast to fp16 (one line per layer per
+    step drowns the progress bar); bitsandbytes logs at import that optional CPU kernels from the
+    `kernels` package (a Hub download) are absent, and uses its built-in CPU path instead.
+    """
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-class QuantizationUnavailable(RuntimeError):
+class QuantizationUnavailable(TunebookError, RuntimeError):
     """4/8-bit loading was asked for where it cannot run."""
 
 
@@ -55,6 +63,7 @@ def check_quantization_available(mode: str) -> None:
             f"bitsandbytes {version} runs 4/8-bit only on CUDA GPUs; this machine has none. "
             "Upgrade to bitsandbytes>=0.48 for CPU support, use a GPU, or set model.quantization: null."
         )
+    quiet_bitsandbytes()
     try:
         import bitsandbytes  # noqa: F401  (import fails where no backend library matches)
     except Exception as exc:  # bitsandbytes raises several types when its native library is missing
@@ -65,11 +74,11 @@ def check_quantization_available(mode: str) -> None:
         ) from None
 
 
-def choose_compute_dtype(device: str | None = None) -> tuple[torch.dtype, Decision]:
+def choose_compute_dtype(device: str | None = None) -> tuple[torch.dtype, Decision[torch.dtype]]:
     """dtype the quantized layers compute in: the training precision's dtype (bf16 > fp16 > fp32)."""
     precision = choose_precision("auto", device)
     dtype = precision_dtype(precision.value)
-    return dtype, Decision(str(dtype).replace("torch.", ""), f"4-bit compute dtype; {precision.reason}")
+    return dtype, Decision(dtype, f"4-bit compute dtype; {precision.reason}", str(dtype).replace("torch.", ""))
 
 
 def make_quantization_config(mode: str, verbose: bool = True,
@@ -94,16 +103,17 @@ def make_quantization_config(mode: str, verbose: bool = True,
     if compute_dtype is None:
         compute_dtype, decision = choose_compute_dtype()
     else:
-        decision = Decision(str(compute_dtype).replace("torch.", ""), "4-bit compute dtype: the dtype the model is loaded in")
+        decision = Decision(compute_dtype, "4-bit compute dtype: the dtype the model is loaded in",
+                            str(compute_dtype).replace("torch.", ""))
     if verbose:
-        print(f"[tunebook] {decision}")
+        logger.info(str(decision))
     storage = torch.uint8
     if sharding:
         # The same dtype as the unquantized rest of the model (load_model passes it as `dtype`).
         storage = compute_dtype
         if verbose:
             name = str(storage).replace("torch.", "")
-            print(f"[tunebook] {Decision(f'4-bit storage {name}', f'{sharding} shards one float dtype per unit')}")
+            logger.info(str(Decision(storage, f"{sharding} shards one float dtype per unit", f"4-bit storage {name}")))
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

@@ -4,22 +4,13 @@ Why `Trainer` and not a hand-written loop: it already does gradient accumulation
 checkpoint/resume (optimizer, scheduler and RNG state included) and multi-GPU through
 `accelerate` (DDP, FSDP, DeepSpeed), so ``accelerate launch -m tunebook train CONFIG`` scales the
 same code from this CPU to many GPUs. tunebook adds what tutorials leave out: data checks before
-the model loads, completion-only labels, a loss check every step, measured tokens/s and peak memory.
-
-A run folder (``train.output_dir``) holds::
-
-    adapter/            adapter weights only (safetensors) + adapter_config.json
-    checkpoints/        Trainer checkpoints for --resume
-    config.yaml         the resolved config
-    environment.json    versions and hardware decisions
-    metrics.json        losses per logging step, runtime, tokens/s, peak memory
-    loss_curve.png      train and eval loss
-    length_histogram.png
+the model loads, completion-only labels, a loss check every step and a divergence guard, measured
+tokens/s and peak memory, and a run folder that is never silently replaced (:mod:`tunebook.runs`
+lists what it holds).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -29,20 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers import (DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase, Trainer,
+                          TrainerCallback, TrainingArguments, set_seed)
 
-from .config import RunConfig, save_config
+from .config import RunConfig
 from .environment import Decision, choose_device, choose_precision, environment_report, precision_dtype
-from .files import atomic_directory, write_json
-from .formatting import CompletionCollator
+from .errors import ConfigError, TunebookError
+from .files import write_json
+from .formatting import completion_collator
+from .log import get_logger, is_main_process
 from .lora import apply_lora, count_parameters
 from .models import load_model, load_tokenizer
 from .plots import plot_loss_curve
-from .prepare import prepare_tokenized
+from .prepare import Prepared, prepare_tokenized
+from .runs import save_adapter, save_sharded_adapter, start_run
+
+logger = get_logger()
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(TunebookError, RuntimeError):
+    """The loss became NaN/infinite or blew up; the adapter was not saved."""
 
 
 @dataclass
@@ -52,10 +49,13 @@ class TrainResult:
     metrics: dict
 
 
-def say(message: str) -> None:
-    """Print from the main process only (under `accelerate launch` every rank runs this code)."""
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(f"[tunebook] {message}", flush=True)
+@dataclass(frozen=True)
+class Decisions:
+    """The hardware and optimizer choices of a run, each with the reason it was logged with."""
+
+    device: Decision[str]
+    precision: Decision[str]
+    optimizer: Decision[str]
 
 
 class TunebookTrainer(Trainer):
@@ -75,10 +75,9 @@ class TunebookTrainer(Trainer):
         self.micro_batches += 1
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"Loss became {loss.item()} at step {self.state.global_step + 1}. Lower "
-                "train.learning_rate, try train.precision: fp32, or check the data for empty answers. "
-                "Checkpoints before this step are kept; --resume continues from the last one."
-            )
+                f"Loss became {loss.item()} at step {self.state.global_step + 1}. Lower train.learning_rate, "
+                "try train.precision: fp32, or check the data for empty answers. The adapter was not saved; "
+                "checkpoints before this step are kept.")
         labels = inputs.get("labels")
         trained = 0
         if labels is not None and labels.dim() > 1:  # causal LM; classification labels are one per row
@@ -93,7 +92,35 @@ class TunebookTrainer(Trainer):
         return loss
 
 
-def choose_optimizer(config: RunConfig, device: str) -> Decision:
+class DivergenceGuard(TrainerCallback):
+    """Stop a run whose logged loss blew up, before it saves an adapter that only looks trained.
+
+    A NaN/inf loss stops at once (`TunebookTrainer.training_step`). A finite blow-up is a logged
+    loss above both twice and one nat more than the first logged loss: a learning rate far too
+    high drives the model to a flat distribution over the vocabulary (loss -> ln(vocab), ~10.8 for
+    SmolLM2) with zero gradients, which no healthy fine-tuning run comes near.
+    """
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = learning_rate
+        self.history: list[tuple[int, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        loss = float(logs["loss"])
+        self.history.append((state.global_step, loss))
+        first = self.history[0][1]
+        if math.isfinite(loss) and not (len(self.history) > 1 and loss > 2 * first and loss > first + 1.0):
+            return
+        shown = ", ".join(f"step {step}: {value:.3g}" for step, value in self.history[-6:])
+        raise TrainingDiverged(
+            f"Training diverged at step {state.global_step}: the loss went from {first:.3g} to {loss:.3g} "
+            f"({shown}). Likely cause: train.learning_rate={self.learning_rate:g} is too high (LoRA trains "
+            "well at 1e-4 to 2e-3). The adapter was not saved; lower the rate and train again with --overwrite.")
+
+
+def choose_optimizer(config: RunConfig, device: str) -> Decision[str]:
     if config.train.optim != "auto":
         return Decision(config.train.optim, "asked for in the config (train.optim)")
     if config.model.quantization == "4bit" and device == "cuda":
@@ -106,19 +133,19 @@ def choose_optimizer(config: RunConfig, device: str) -> Decision:
 CHECKPOINTING_MIN_PARAMETERS = 5e9
 
 
-def choose_gradient_checkpointing(setting: bool | str, num_parameters: int) -> Decision:
+def choose_gradient_checkpointing(setting: bool | str, num_parameters: int) -> Decision[bool]:
     """Gradient checkpointing on or off; "auto" turns it on for 7B-class models and larger."""
     if setting != "auto":
-        return Decision(f"gradient checkpointing {'on' if setting else 'off'}",
-                        "asked for in the config (train.gradient_checkpointing)")
+        return Decision(bool(setting), "asked for in the config (train.gradient_checkpointing)",
+                        f"gradient checkpointing {'on' if setting else 'off'}")
     size = f"{num_parameters / 1e9:.2g}B parameters"
     if num_parameters >= CHECKPOINTING_MIN_PARAMETERS:
-        return Decision("gradient checkpointing on",
-                        f"{size} (7B-class): activations saved for backward rival the weights "
-                        "(Llama-3-8B, 2,048 tokens: 12.3 GiB without, 0.9 GiB with); ~30% more compute")
-    return Decision("gradient checkpointing off",
-                    f"{size}, under {CHECKPOINTING_MIN_PARAMETERS / 1e9:.0f}B: it would add ~30% compute "
-                    "(set train.gradient_checkpointing: true for very long sequences)")
+        return Decision(True, f"{size} (7B-class): activations saved for backward rival the weights "
+                              "(Llama-3-8B, 2,048 tokens: 12.3 GiB without, 0.9 GiB with); ~30% more compute",
+                        "gradient checkpointing on")
+    return Decision(False, f"{size}, under {CHECKPOINTING_MIN_PARAMETERS / 1e9:.0f}B: it would add ~30% compute "
+                           "(set train.gradient_checkpointing: true for very long sequences)",
+                    "gradient checkpointing off")
 
 
 def frozen_weight_dtype(precision: str) -> torch.dtype:
@@ -141,6 +168,7 @@ def peak_memory_mb(device: str) -> float:
 
 def training_arguments(config: RunConfig, run_dir: Path, precision: str, optim: str,
                        has_eval: bool) -> TrainingArguments:
+    """The Trainer's settings from tunebook's config (every train.* key lands here)."""
     t = config.train
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -174,106 +202,95 @@ def training_arguments(config: RunConfig, run_dir: Path, precision: str, optim: 
         seed=t.seed,
         data_seed=t.seed,
         report_to="none",
-        remove_unused_columns=False,
+        # Only the model's inputs reach it: tokenized datasets also carry `length`, `row` and
+        # `truncated`. (The length-grouped sampler then measures input_ids itself: same lengths.)
+        remove_unused_columns=True,
         # DDP: every LoRA parameter gets a gradient every step, so the unused-parameter search
         # (an extra pass over the graph) is wasted work.
         ddp_find_unused_parameters=False,
     )
 
 
-def last_complete_checkpoint(checkpoints: Path) -> Path:
-    """The newest ``checkpoint-N`` in `checkpoints` that was saved completely.
-
-    The Trainer writes a checkpoint's files one after another and ``trainer_state.json`` last, so
-    a run killed while saving leaves a newest folder without a readable state file; resuming from
-    it would fail or load half a state. Such folders are removed (and said so): nothing is lost
-    but the steps since the previous checkpoint.
-    """
-    def step(path: Path) -> int:
-        return int(path.name.split("-")[-1])
-
-    candidates = sorted((p for p in checkpoints.glob("checkpoint-*")
-                         if p.is_dir() and p.name.split("-")[-1].isdigit()), key=step, reverse=True)
-    for candidate in candidates:
-        try:
-            json.loads((candidate / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            # Useless to resume from, and in the way: the Trainer would later write the same step
-            # into the folder, on top of the stale half-written files.
-            say(f"--resume: removing {candidate.name}: its trainer_state.json is missing or cut short "
-                "(the run stopped while saving it)")
-            shutil.rmtree(candidate)
-            continue
-        say(f"--resume: continuing from {candidate.name}")
-        return candidate
-    raise FileNotFoundError(f"--resume: no complete checkpoint in {checkpoints}; "
-                            "run without --resume to start from scratch.")
-
-
-def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
-    """Prepare data, load the model, train LoRA, save adapter + metrics + plots. Returns the paths."""
-    run_dir = Path(config.train.output_dir)
-    resume_from = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
-    run_dir.mkdir(parents=True, exist_ok=True)
+def hardware_decisions(config: RunConfig) -> Decisions:
+    """Device, precision and optimizer for this run, each logged with its reason."""
     device = choose_device()
-    precision = choose_precision(config.train.precision, device.value)
-    optim = choose_optimizer(config, device.value)
-    for decision in (device, precision, optim):
-        say(str(decision))
+    decisions = Decisions(device, choose_precision(config.train.precision, device.value),
+                          choose_optimizer(config, device.value))
+    for decision in (decisions.device, decisions.precision, decisions.optimizer):
+        logger.info(str(decision))
+    return decisions
 
-    # Data first: a bad file fails here in seconds, before minutes of model loading.
-    tokenizer = load_tokenizer(config.model.name, config.model.trust_remote_code)
+
+def prepare_training_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> Prepared:
+    """Validated, tokenized splits (a bad file fails here in seconds, before minutes of model loading)."""
     # Under `accelerate launch` every rank prepares the data; only the main one draws the histogram
     # (two processes writing one PNG can leave it corrupt).
-    main_process = int(os.environ.get("RANK", 0)) == 0
-    prepared = prepare_tokenized(config, tokenizer, run_dir / "length_histogram.png" if main_process else None)
-    tokenized, stats, labels = prepared.tokenized, prepared.stats, prepared.labels
-    classification = config.data.recipe == "classification"
-    say(f"data: {prepared.report['split_sizes']}; train tokens per example: p50={stats['p50']:.0f} "
-        f"p95={stats['p95']:.0f} max={stats['max']}")
-    longest = max(max(split["length"], default=0) for split in tokenized.values())
+    histogram = run_dir / "length_histogram.png" if is_main_process() else None
+    prepared = prepare_tokenized(config, tokenizer, histogram)
+    stats = prepared.stats
+    logger.info(f"data: {prepared.report['split_sizes']}; train tokens per example: p50={stats['p50']:.0f} "
+                f"p95={stats['p95']:.0f} max={stats['max']}")
+    longest = max(max(split["length"], default=0) for split in prepared.tokenized.values())
     if config.train.pad_to_length is not None and config.train.pad_to_length < longest:
-        raise ValueError(f"train.pad_to_length={config.train.pad_to_length} is shorter than the longest "
-                         f"example ({longest} tokens); raise it, or set it to null for dynamic padding.")
+        raise ConfigError(f"train.pad_to_length={config.train.pad_to_length} is shorter than the longest "
+                            f"example ({longest} tokens); raise it, or set it to null for dynamic padding.")
+    cap = config.train.eval_loss_examples
+    validation = prepared.tokenized["validation"]
+    if cap is not None:
+        prepared.tokenized["validation"] = validation.select(range(min(cap, len(validation))))
+    return prepared
 
-    eval_data = tokenized["validation"]
-    if config.train.max_eval_examples is not None:
-        eval_data = eval_data.select(range(min(config.train.max_eval_examples, len(eval_data))))
-    # TrainingArguments before the model, as transformers' FSDP/DeepSpeed recipes do: creating them
-    # starts the process group, pins this rank's GPU and registers a ZeRO-3 config, so that loading
-    # places 4-bit weights on this rank's GPU and lets FSDP (cpu_ram_efficient_loading) and ZeRO-3
-    # (zero.Init) avoid a full copy of the model per rank.
-    args = training_arguments(config, run_dir, precision.value, optim.value, len(eval_data) > 0)
 
+def build_model(config: RunConfig, decisions: Decisions, labels: list[str] | None) -> PreTrainedModel:
+    """The base model (quantized if asked) with LoRA adapters attached, ready to train."""
     # The seed is set *before* the adapter is created: LoRA's A matrices are random, so the same
     # seed gives the same initial adapter and the same loss curve.
     set_seed(config.train.seed)
     model = load_model(config.model.name, config.model.task, quantization=config.model.quantization,
-                       dtype=frozen_weight_dtype(precision.value), label_names=labels,
+                       dtype=frozen_weight_dtype(decisions.precision.value), label_names=labels,
                        trust_remote_code=config.model.trust_remote_code)
-    checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing,
-                                                  count_parameters(model)[1])
-    say(str(checkpointing))
-    model = apply_lora(model, config.lora, config.model.task, checkpointing.value.endswith(" on"),
-                       verbose=main_process)
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) if classification \
-        else CompletionCollator(tokenizer, pad_to_length=config.train.pad_to_length)
-    trainer = TunebookTrainer(
-        model=model,
-        args=args,
-        train_dataset=tokenized["train"],
-        eval_dataset=eval_data if len(eval_data) else None,
-        data_collator=collator,
-        processing_class=tokenizer,
-    )
+    checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing, count_parameters(model)[1])
+    logger.info(str(checkpointing))
+    return apply_lora(model, config.lora, config.model.task, checkpointing.value, verbose=is_main_process())
+
+
+def run_training(config: RunConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Prepare data, load the model, train LoRA, save adapter + metrics + plots. Returns the paths.
+
+    Stops before any work when ``train.output_dir`` holds another run (see :mod:`tunebook.runs`);
+    `resume` continues it from its last checkpoint, `overwrite` replaces it.
+    """
+    run_dir = Path(config.train.output_dir)
+    resume_from = start_run(config, resume, overwrite, is_main_process())
+    decisions = hardware_decisions(config)
+    tokenizer = load_tokenizer(config.model.name, config.model.trust_remote_code)
+    prepared = prepare_training_data(config, tokenizer, run_dir)
+    validation = prepared.tokenized["validation"]
+    # TrainingArguments before the model, as transformers' FSDP/DeepSpeed recipes do: creating them
+    # starts the process group, pins this rank's GPU and registers a ZeRO-3 config, so that loading
+    # places 4-bit weights on this rank's GPU and lets FSDP (cpu_ram_efficient_loading) and ZeRO-3
+    # (zero.Init) avoid a full copy of the model per rank.
+    args = training_arguments(config, run_dir, decisions.precision.value, decisions.optimizer.value,
+                              has_eval=len(validation) > 0)
+    model = build_model(config, decisions, prepared.labels)
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) if config.data.recipe == "classification" \
+        else completion_collator(tokenizer, config.train.pad_to_length)
+    trainer = TunebookTrainer(model=model, args=args, train_dataset=prepared.tokenized["train"],
+                              eval_dataset=validation if len(validation) else None, data_collator=collator,
+                              processing_class=tokenizer, callbacks=[DivergenceGuard(config.train.learning_rate)])
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    runtime = time.perf_counter() - start
+    metrics = collect_metrics(trainer, time.perf_counter() - start, decisions.device.value, prepared.stats, start)
+    metrics["decisions"] = {"device": str(decisions.device), "precision": str(decisions.precision),
+                            "optimizer": str(decisions.optimizer)}
+    adapter_dir = save_run(trainer, tokenizer, config, metrics)
+    return TrainResult(run_dir, adapter_dir, metrics)
 
+
+def save_run(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, config: RunConfig, metrics: dict) -> Path:
+    """Adapter (gathered from every rank when sharded), metrics, environment and loss curve."""
+    run_dir = Path(config.train.output_dir)
     adapter_dir = run_dir / "adapter"
-    metrics = collect_metrics(trainer, runtime, device.value, stats, start)
-    metrics["decisions"] = {"device": str(device), "precision": str(precision), "optimizer": str(optim),
-                            "gradient_checkpointing": str(checkpointing)}
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     if sharded:  # every rank holds a shard of the adapter: all of them take part in gathering it
         save_sharded_adapter(trainer, adapter_dir)
@@ -281,16 +298,15 @@ def run_training(config: RunConfig, resume: bool = False) -> TrainResult:
         if not sharded:
             save_adapter(trainer.model, adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
-        save_config(config, run_dir / "config.yaml")
         write_json(run_dir / "environment.json", environment_report())
         write_json(run_dir / "metrics.json", metrics)
         plot_loss_curve(trainer.state.log_history, run_dir / "loss_curve.png",
                         title=f"{config.model.name} + LoRA r={config.lora.r}")
         speed = (f"{metrics['trained_tokens_per_second']:.0f} trained tokens/s" if metrics["trained_tokens"]
                  else f"{metrics['input_tokens_per_second']:.0f} input tokens/s")
-        say(f"adapter saved to {adapter_dir}; {speed}, "
-            f"peak memory {metrics['peak_memory_mb']:.0f} MB, final train loss {metrics['final_train_loss']:.4f}")
-    return TrainResult(run_dir, adapter_dir, metrics)
+        logger.info(f"adapter saved to {adapter_dir}; {speed}, peak memory {metrics['peak_memory_mb']:.0f} MB, "
+                    f"final train loss {metrics['final_train_loss']:.4f}")
+    return adapter_dir
 
 
 def collect_metrics(trainer: TunebookTrainer, runtime: float, device: str, stats: dict,
@@ -326,30 +342,3 @@ def collect_metrics(trainer: TunebookTrainer, runtime: float, device: str, stats
         "world_size": trainer.args.world_size,
         "length_stats": stats,
     }
-
-
-def save_adapter(model: torch.nn.Module, adapter_dir: Path) -> None:
-    """Save adapter weights atomically (see `tunebook.files`): a crash keeps the previous adapter."""
-    with atomic_directory(adapter_dir) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-
-
-def save_sharded_adapter(trainer: Trainer, adapter_dir: Path) -> None:
-    """Save the adapter under FSDP or DeepSpeed ZeRO. Every rank must call this.
-
-    The adapter weights are sharded over the ranks, so a main-process-only ``save_pretrained``
-    would hang (FSDP gathers collectively) or write empty tensors (ZeRO-3). ``Trainer.save_model``
-    gathers them on every rank and writes on the main process only. FSDP's SHARDED_STATE_DICT
-    (fast checkpoints) makes ``save_model`` skip the weights, so the final save asks for a full one.
-    ZeRO-3 needs ``zero3_save_16bit_model: true`` (configs/accelerate/deepspeed_zero3.yaml).
-    """
-    if trainer.is_fsdp_enabled:
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    staging = adapter_dir.with_name(f".{adapter_dir.name}.gather")  # same path on every rank
-    trainer.save_model(str(staging))
-    if trainer.is_world_process_zero():
-        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; config.yaml holds the settings
-        with atomic_directory(adapter_dir) as final:
-            for item in staging.iterdir():
-                os.replace(item, final / item.name)
-        shutil.rmtree(staging, ignore_errors=True)

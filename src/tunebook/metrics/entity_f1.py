@@ -27,37 +27,22 @@ ERROR_CATEGORIES: tuple[str, ...] = (
 _FENCE = re.compile(r"^```[A-Za-z]*\s*\n?(.*?)\n?```\s*$", re.DOTALL)
 
 
-def _first_json_object(text: str) -> str | None:
-    """Return the first balanced ``{...}`` substring, ignoring braces inside JSON strings."""
+def _first_json_object(text: str) -> object | None:
+    """The JSON value that starts at the first ``{`` of `text`; None if it does not parse there."""
     start = text.find("{")
     if start == -1:
         return None
-    depth, in_string, escaped = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_string:  # only a closing quote matters here, unless it is escaped
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return None  # the object never closes (e.g. generation was truncated)
+    try:
+        return json.JSONDecoder().raw_decode(text, start)[0]  # ignores whatever follows the object
+    except json.JSONDecodeError:
+        return None  # not JSON, or cut off before the closing brace (generation ran out of tokens)
 
 
 def parse_entities(text: str) -> dict[str, set[str]] | None:
     """Parse generated text into ``{type: {entity text, ...}}``, or None if invalid.
 
     Lenient about packaging: strips whitespace and a ```` ```json ```` fence, then takes the
-    first balanced ``{...}`` object, so chatter before/after the JSON is tolerated. Strict
+    ``{...}`` object that starts at the first brace, so chatter before/after the JSON is tolerated. Strict
     about content: the object must be a dict of lists of strings, otherwise None. Entity
     texts are ``.strip()``-ed, empty ones dropped, duplicates merged (sets). Type keys are
     kept exactly as written.
@@ -66,13 +51,7 @@ def parse_entities(text: str) -> dict[str, set[str]] | None:
     fenced = _FENCE.match(text)
     if fenced:
         text = fenced.group(1).strip()
-    candidate = _first_json_object(text)
-    if candidate is None:
-        return None
-    try:
-        obj = json.loads(candidate)
-    except json.JSONDecodeError:
-        return None
+    obj = _first_json_object(text)
     if not isinstance(obj, dict):
         return None
     parsed: dict[str, set[str]] = {}
