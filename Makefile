@@ -36,9 +36,10 @@ bench: setup
 notebooks: setup
 	$(PY) scripts/run_notebooks.py
 
-# Regenerate the shipped datasets (deterministic).
-data:
-	$(PYTHON) scripts/make_datasets.py
+# Regenerate the shipped generated datasets and their CoNLL / AG-News-CSV copies (deterministic).
+data: setup
+	$(PY) scripts/make_datasets.py
+	$(PY) scripts/make_format_examples.py
 
 clean:
 	rm -rf runs .pytest_cache

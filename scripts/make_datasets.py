@@ -4,7 +4,8 @@
     python scripts/make_datasets.py [--seed 0] [--out data]
 
 Writes ``<out>/{extraction,news_topics,instructions}/{train,validation,test}.jsonl``, a
-``README.md`` data card per dataset, ``<out>/instructions/manual.md`` and ``<out>/README.md``.
+``README.md`` data card per dataset and ``<out>/instructions/manual.md``; it prints the rows of
+``<out>/README.md`` (the hand-kept index of every dataset) for these three.
 
 Design rules (each one exists so that a tiny model has to *learn* rather than look up):
 * Standard library only and fully deterministic: every random choice comes from a
@@ -713,11 +714,8 @@ def main() -> None:
         summary.append([f"[{name}](./{name}/)", TASKS[name], *counts, sum(counts)])
         print(f"{name:13s} " + "  ".join(f"{s}={n}" for s, n in zip(SPLITS, counts)))
     write_manual(args.out / "instructions" / "manual.md")
-    (args.out / "README.md").write_text(
-        "# Datasets\n\nSmall synthetic datasets for tunebook's examples, made by `python scripts/make_datasets.py`"
-        " (deterministic; see each folder's README for the data card).\n\n"
-        + table(["dataset", "task (input → target)", "train", "validation", "test", "total"], summary)
-        + "\n", encoding="utf-8", newline="\n")
+    # data/README.md indexes these and the datasets that other scripts write; its rows for these:
+    print(table(["dataset", "task (input → target)", "train", "validation", "test", "total"], summary))
 
 
 if __name__ == "__main__":

@@ -218,3 +218,24 @@ def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
                     eos_token_id=tok.eos_token_id).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT encoder without a head plus the MiniLM tokenizer, saved like MiniLM-L6.
+
+    Like the embedded encoder, it has no classification head: loading it for classification
+    creates a new head for however many labels the data has.
+    """
+    from transformers import BertConfig, BertModel
+
+    from tunebook.models import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm-l6")
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+    path = tmp_path_factory.mktemp("models") / "tiny-encoder"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

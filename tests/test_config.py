@@ -217,3 +217,65 @@ def test_apply_overrides_dict_is_type_checked() -> None:
         apply_overrides(RunConfig(), {"train.max_steps": "20"})
     with pytest.raises(ConfigError, match=r"'3bit'"):
         apply_overrides(RunConfig(), {"model.quantization": "3bit"})
+
+
+# ---------------------------------------------------------------- ranges, booleans, extends, places
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("lora.r", 0, ">= 1"), ("lora.alpha", -16, "> 0"), ("lora.dropout", 1.5, ">= 0 and < 1"),
+    ("train.max_steps", 0, ">= 1"), ("train.max_steps", -1, ">= 1"), ("train.learning_rate", -1e-4, "> 0 and <= 1"),
+    ("train.learning_rate", 1e6, "> 0 and <= 1"), ("train.per_device_batch_size", 0, ">= 1"),
+    ("data.validation_fraction", -0.1, ">= 0 and < 1"), ("data.max_length", 0, ">= 1"),
+    ("eval.max_new_tokens", 0, ">= 1"),
+])
+def test_numbers_out_of_range_name_key_value_and_range(key: str, value, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), {key: value})
+    assert str(info.value) == f"{key}: {value!r} is out of range: it must be {allowed}."
+
+
+def test_fractions_must_leave_rows_to_train_on() -> None:
+    with pytest.raises(ConfigError, match=r"validation_fraction \(0.6\) \+ data.test_fraction \(0.5\) must be < 1"):
+        apply_overrides(RunConfig(), {"data.validation_fraction": 0.6, "data.test_fraction": 0.5})
+
+
+@pytest.mark.parametrize("text", ["yes", "no", "on", "off", "1"])
+def test_booleans_are_true_or_false_only(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  group_by_length: {text}\n")
+    with pytest.raises(ConfigError, match=rf"c.yaml, line 2: train.group_by_length: expected true or false, got "):
+        load_config(path)
+
+
+def test_errors_name_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("# a comment\nmodel:\n  name: tiny\n\nlora:\n  r: 8\n  alpha: -1\n")
+    with pytest.raises(ConfigError, match=rf"^{path}, line 7: lora.alpha: -1 is out of range"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^--set lora.r=0: lora.r: 0 is out of range"):
+        load_config(path, ["lora.r=0", "lora.alpha=2"])
+
+
+def test_extends_merges_sections_and_reports_the_right_file(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("lora:\n  r: 8\n  alpha: 16\ntrain:\n  max_steps: 5\n  lerning_rate: 1\n")
+    (tmp_path / "variant.yaml").write_text("extends: base.yaml\nlora:\n  r: 4\n")
+    with pytest.raises(ConfigError, match=r"base.yaml, line 6: Unknown config key 'train.lerning_rate'"):
+        load_config(tmp_path / "variant.yaml")
+    (tmp_path / "base.yaml").write_text("lora:\n  r: 8\n  alpha: 16\ntrain:\n  max_steps: 5\n")
+    config = load_config(tmp_path / "variant.yaml")
+    assert (config.lora.r, config.lora.alpha, config.train.max_steps) == (4, 16.0, 5)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 5\n   lr: [1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml, line \d+: not valid YAML"):
+        load_config(path)
+
+
+def test_recipe_and_task_must_agree() -> None:
+    with pytest.raises(ConfigError, match="set model.task: sequence-classification"):
+        apply_overrides(RunConfig(), {"data.recipe": "classification"})

@@ -252,7 +252,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             kwargs[key] = _build(hint, value or {}, path)
         else:
             kwargs[key] = _check_type(value, hint, path)
-            _check_range(kwargs[key], fields[key].metadata.get("range", (None,) * 4), path)
+            _check_range(value, fields[key].metadata.get("range", (None,) * 4), path)  # shown as written
     return cls(**kwargs)
 
 
