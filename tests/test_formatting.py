@@ -355,3 +355,30 @@ def test_show_trained_tokens_html_escapes(smollm_tokenizer) -> None:
     assert '<span style="background:#b7f5b0">Use &lt;b&gt; &amp; &lt;/b&gt;.&lt;|im_end|&gt;</span>' in shown
     assert shown.count("background:#b7f5b0") == 1
     assert "<b>" not in shown
+
+
+def test_trained_positions_only_gives_the_same_loss_and_gradients(smollm_tokenizer) -> None:
+    """The LM head on the answer positions alone computes the very loss of the full head."""
+    from tunebook.lora import apply_lora
+    from tunebook.config import LoraSettings
+
+    tok = smollm_tokenizer
+    examples = [{"instruction": f"Question {i}?" + " more" * i, "input": "", "output": "An answer." + " yes" * (3 - i)}
+                for i in range(4)]
+    features = [tokenize_example(e, tok, INSTRUCTION) for e in examples]
+    full = completion_collator(tok)(features)
+    part = completion_collator(tok, trained_positions_only=True)(features)
+    width = full["input_ids"].shape[1]
+    assert part["labels"].shape[1] < width and part["logits_to_keep"].tolist() == list(range(width - part["labels"].shape[1], width))
+    torch.manual_seed(0)
+    model = apply_lora(make_tiny_llama(len(tok), pad_token_id=tok.pad_token_id), LoraSettings(r=4, dropout=0.0),
+                       verbose=False)
+    losses, grads = [], []
+    for batch in (full, part):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)

@@ -20,6 +20,7 @@ predictions point at the place a user can open.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -285,6 +286,9 @@ def load_and_validate(config: DataConfig) -> tuple[DatasetDict, dict[str, object
     tables = read_splits(config.path, config.csv_header)
     if any(t.conll for t in tables.values()):
         tables = _conll_examples(tables, config)
+        # Token files have no named columns: data.columns (e.g. {input: sentence} copied from a
+        # JSONL config) has nothing to map, the rows are input/output already.
+        config = dataclasses.replace(config, columns={})
     if "train" not in tables:
         raise DataValidationError(f"No train split found (splits: {list(tables)}). Name a file train.*, or map "
                                   "data.path: {train: ...}.")

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import html
 import itertools
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+import torch
 from datasets import DatasetDict
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
@@ -230,19 +233,49 @@ def suggest_max_length(lengths: list[int] | np.ndarray, multiple: int = 8) -> in
     return -(-longest // multiple) * multiple
 
 
-def completion_collator(tokenizer: PreTrainedTokenizerBase, pad_to_length: int | None = None
-                        ) -> DataCollatorForSeq2Seq:
+def completion_collator(tokenizer: PreTrainedTokenizerBase, pad_to_length: int | None = None,
+                        trained_positions_only: bool = False) -> Callable[[list[dict]], dict]:
     """Pads a causal-LM batch: input_ids with pad, attention 0, labels -100 (ignored by the loss).
 
     Dynamic padding pads to the longest example *in the batch* (rounded up to a multiple of 8 for
     efficient kernels), not to a global max_length: with length grouping this removes most padding
     compute. ``pad_to_length`` reproduces the usual tutorial recipe (pad everything to a fixed
     length) for the benchmark. Padding goes on the right (the tokenizer's training side).
+    `trained_positions_only` adds :class:`TrainedPositionsOnly` (see there).
     """
     if pad_to_length is not None:
-        return DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=pad_to_length,
-                                      label_pad_token_id=IGNORE_INDEX)
-    return DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX)
+        collate = DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=pad_to_length,
+                                         label_pad_token_id=IGNORE_INDEX)
+    else:
+        collate = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX)
+    return TrainedPositionsOnly(collate) if trained_positions_only else collate
+
+
+@dataclass
+class TrainedPositionsOnly:
+    """Have the model compute logits and loss only where something is trained (transformers' `logits_to_keep`).
+
+    The LM head and the loss over the whole vocabulary (49,152 entries for SmolLM2, in fp32) cost as
+    much as several decoder layers, yet prompt positions carry label -100 and add nothing to the
+    loss. Each batch passes the model the positions from the one before its earliest trained token
+    to the end (``logits_to_keep``, an index tensor: indexing copies them into one contiguous block
+    for the head's matmul) and the labels from that position on; the model's own loss then shifts
+    them as usual. The loss is identical (the tests compare it); the head and the loss shrink to the
+    answers' share of the batch. Needs a model whose forward takes `logits_to_keep` (Llama,
+    Mistral, Qwen2, Gemma, Phi-3 ... in transformers 5); tunebook.train decides when to use it.
+    """
+
+    collate: Callable[[list[dict]], dict]
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        labels = batch["labels"]
+        trained = labels != IGNORE_INDEX
+        first = int(trained.int().argmax(dim=1)[trained.any(dim=1)].min())  # earliest trained position
+        start = max(first - 1, 0)  # the logit at position t predicts the token at t + 1
+        batch["labels"] = labels[:, start:]
+        batch["logits_to_keep"] = torch.arange(start, labels.shape[1])
+        return batch
 
 
 def trained_segments(input_ids: list[int], labels: list[int], tokenizer: PreTrainedTokenizerBase

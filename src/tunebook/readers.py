@@ -32,7 +32,9 @@ from .errors import DataValidationError
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
-                 "val": "validation", "dev": "validation", "eval": "validation", "test": "test"}
+                 "val": "validation", "dev": "validation", "eval": "validation", "test": "test",
+                 # CoNLL-2003's eng.testa / eng.testb are its development and test sets.
+                 "testa": "validation", "testb": "test"}
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 CONLL_SUFFIXES = (".conll", ".conll03", ".bio", ".iob", ".iob2", ".bioes", ".txt")
 # A BIO-family tag: O, or a B-/I-/E-/S- (or L-/U-) prefix and a type, e.g. B-PER, I-ORG.
@@ -200,7 +202,10 @@ def split_of(file_name: str) -> str | None:
 
 
 def _is_data_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in (*TABLE_SUFFIXES, *CONLL_SUFFIXES)
+    """A known data suffix, or a split name as suffix (CoNLL-2003's eng.train, eng.testa, eng.testb)."""
+    suffix = path.suffix.lower()
+    return path.is_file() and not path.name.startswith(".") and (
+        suffix in (*TABLE_SUFFIXES, *CONLL_SUFFIXES) or suffix[1:] in SPLIT_ALIASES)
 
 
 def read_splits(path: str | dict[str, str], csv_header: list[str] | None = None) -> dict[str, Table]:

@@ -11,6 +11,7 @@ lists what it holds).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import resource
@@ -148,6 +149,17 @@ def choose_gradient_checkpointing(setting: bool | str, num_parameters: int) -> D
                     "gradient checkpointing off")
 
 
+def choose_trained_positions_loss(model: torch.nn.Module, args: TrainingArguments) -> Decision[bool]:
+    """LM head and loss only from the first trained position on (`formatting.TrainedPositionsOnly`)?"""
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    if "logits_to_keep" not in inspect.signature(forward).parameters:
+        return Decision(False, f"{type(model).__name__}'s forward has no logits_to_keep", "loss on every position")
+    if args.n_gpu > 1:  # nn.DataParallel would split the position index along with the batch
+        return Decision(False, "several GPUs in one process (DataParallel)", "loss on every position")
+    return Decision(True, "the prompt's positions have no labels, so the LM head and the loss over the "
+                          "vocabulary skip them (logits_to_keep)", "loss on trained positions")
+
+
 def frozen_weight_dtype(precision: str) -> torch.dtype:
     """dtype to store the frozen base weights in: the compute dtype.
 
@@ -273,8 +285,12 @@ def run_training(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     args = training_arguments(config, run_dir, decisions.precision.value, decisions.optimizer.value,
                               has_eval=len(validation) > 0)
     model = build_model(config, decisions, prepared.labels)
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) if config.data.recipe == "classification" \
-        else completion_collator(tokenizer, config.train.pad_to_length)
+    if config.data.recipe == "classification":
+        collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    else:
+        head_only_where_trained = choose_trained_positions_loss(model, args)
+        logger.info(str(head_only_where_trained))
+        collator = completion_collator(tokenizer, config.train.pad_to_length, head_only_where_trained.value)
     trainer = TunebookTrainer(model=model, args=args, train_dataset=prepared.tokenized["train"],
                               eval_dataset=validation if len(validation) else None, data_collator=collator,
                               processing_class=tokenizer, callbacks=[DivergenceGuard(config.train.learning_rate)])
