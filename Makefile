@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunebook-installed
 
-.PHONY: setup demo test test-fast bench notebooks data clean
+.PHONY: setup demo test test-fast bench notebooks lab data clean
 
 setup: $(STAMP)
 
@@ -32,9 +32,14 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/bench_training.py
 
-# Re-execute every notebook top to bottom on the embedded defaults (what is committed).
+# Re-execute every notebook top to bottom on the embedded defaults (what is committed); each
+# .ipynb is first brought up to date with its jupytext source (notebooks/NN_name.py).
 notebooks: setup
 	$(PY) scripts/run_notebooks.py
+
+# Open the course in JupyterLab (this project's Python as the kernel; jupytext pairs .py and .ipynb).
+lab: setup
+	$(PY) -m jupyter lab notebooks/
 
 # Regenerate the shipped generated datasets and their CoNLL / AG-News-CSV copies (deterministic).
 data: setup

@@ -10,6 +10,9 @@
   and JSON answers as ``data/extraction``: tunebook turns the tags back into answers.
 - ``data/news_topics_csv/``: the news items in AG News' published CSV layout (``train.csv``,
   ``test.csv`` without a header: class index 1-4, title, description; ``classes.txt``).
+- ``data/examples/support_tickets.csv``: 300 of the Nimbus support questions as one spreadsheet
+  export with its own column names (``ticket_id, customer_question, details, agent_reply``), the
+  "your own CSV" of notebook 01: one file, splits carved by tunebook.
 
 Deterministic (same input, same bytes) and standard library only; each file round-trips: the
 script checks that reading it back gives the rows it was made from.
@@ -67,6 +70,15 @@ def write_ag_news_csv(rows: list[dict], path: Path) -> None:
     path.write_text(out.getvalue(), encoding="utf-8")
 
 
+def write_tickets_csv(rows: list[dict], path: Path) -> None:
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["ticket_id", "customer_question", "details", "agent_reply"])
+    for n, row in enumerate(rows, start=1):
+        writer.writerow([f"T-{n:04d}", row["instruction"], row["input"], row["output"]])
+    path.write_text(out.getvalue(), encoding="utf-8")
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -88,6 +100,9 @@ def check_round_trip(root: Path) -> None:
         validation_fraction=0.1, test_fraction=0.0))
     original = read_jsonl(root / "news_topics" / "test.jsonl")
     assert [AG_NEWS_CLASSES[i] for i in news["test"]["label"]] == [r["label"] for r in original]
+    tickets, _ = load_and_validate(DataConfig(path=str(root / "examples" / "support_tickets.csv"), columns={
+        "instruction": "customer_question", "input": "details", "output": "agent_reply"}))
+    assert sum(len(split) for split in tickets.values()) == 300
 
 
 def main() -> int:
@@ -103,8 +118,13 @@ def main() -> int:
     write_ag_news_csv(train, news / "train.csv")
     write_ag_news_csv(read_jsonl(data / "news_topics" / "test.jsonl"), news / "test.csv")
     (news / "classes.txt").write_text("\n".join(AG_NEWS_CLASSES) + "\n", encoding="utf-8")
+    (data / "examples").mkdir(exist_ok=True)
+    support = read_jsonl(data / "instructions" / "train.jsonl")
+    with_details = [r for r in support if r["input"]]  # every row that has an input, then the others
+    write_tickets_csv(with_details + [r for r in support if not r["input"]][:300 - len(with_details)],
+                      data / "examples" / "support_tickets.csv")
     check_round_trip(data)
-    print(f"wrote {conll.relative_to(ROOT)}/ and {news.relative_to(ROOT)}/ (round trip checked)")
+    print(f"wrote {conll.relative_to(ROOT)}/, {news.relative_to(ROOT)}/ and data/examples/ (round trip checked)")
     return 0
 
 

@@ -62,21 +62,24 @@ def notebook_problems(nb: Any, check_paths: bool = True) -> list[str]:
 
 
 def execute_notebook(path: str | Path, output: str | Path, smoke: bool = False, kernel: str = "python3",
-                     cell_timeout: int = 3600, threads: int | None = None) -> Any:
+                     cell_timeout: int = 3600, threads: int | None = None,
+                     parameters: dict[str, Any] | None = None) -> Any:
     """Execute `path` top to bottom with papermill, writing the executed notebook to `output`.
 
     Runs with the kernel's working directory set to the notebook's folder, as Jupyter does (each
     notebook moves itself to the repository root). Smoke mode passes ``SMOKE=True`` as a papermill
-    parameter; the notebook file itself is never edited. `threads` sets OMP_NUM_THREADS for the
-    kernel: 1 is much faster for smoke-sized work on a busy shared CPU. Returns the executed notebook.
+    parameter, `parameters` any others (e.g. another ``DATA`` cell); the notebook file itself is
+    never edited. `threads` sets OMP_NUM_THREADS for the kernel: 1 is much faster for smoke-sized
+    work on a busy shared CPU. Returns the executed notebook.
     """
     import papermill
 
     path = Path(path)
     if threads is not None:  # the kernel (and any training subprocess) inherits it; torch reads it
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    values = {**({"SMOKE": True} if smoke else {}), **(parameters or {})}
     return papermill.execute_notebook(
-        str(path), str(output), parameters={"SMOKE": True} if smoke else None, kernel_name=kernel,
+        str(path), str(output), parameters=values or None, kernel_name=kernel,
         cwd=str(path.parent), progress_bar=False, log_output=False, execution_timeout=cell_timeout,
         start_timeout=300,
     )
@@ -91,3 +94,33 @@ def relative_papermill_metadata(nb: Any, root: str | Path) -> None:
                 meta[key] = str(Path(meta[key]).resolve().relative_to(Path(root).resolve()))
             except ValueError:
                 meta[key] = Path(meta[key]).name
+
+
+def paired_source(notebook: Path) -> Path:
+    """The jupytext percent script that is the source of `notebook` (``00_setup.ipynb`` -> ``00_setup.py``)."""
+    return notebook.with_suffix(".py")
+
+
+def cell_sources(nb: Any) -> list[tuple[str, str]]:
+    """(cell type, source) of every cell: what must agree between a notebook and its paired script."""
+    return [(cell.cell_type, cell.source.strip()) for cell in nb.cells]
+
+
+def sync_notebook(notebook: Path) -> bool:
+    """Bring `notebook` up to date with its paired script, keeping outputs of unchanged cells.
+
+    The script is the source contributors edit (Jupyter with jupytext edits both). Returns True
+    when the notebook changed.
+    """
+    import jupytext
+
+    script = jupytext.read(paired_source(notebook))
+    if notebook.is_file():
+        current = jupytext.read(notebook)
+        if cell_sources(current) == cell_sources(script):
+            return False
+        updated = jupytext.combine.combine_inputs_with_outputs(script, current)
+    else:
+        updated = script
+    jupytext.write(updated, notebook)
+    return True

@@ -3,6 +3,11 @@
     python scripts/run_notebooks.py                 # all, in place (what is committed; `make notebooks`)
     python scripts/run_notebooks.py 02 03           # only these (a prefix or a file name)
     python scripts/run_notebooks.py --smoke         # smoke mode (SMOKE=True): outputs go to a temp folder
+    python scripts/run_notebooks.py --sync          # only bring each .ipynb up to date with its .py
+
+The source of each notebook is its paired jupytext script (``notebooks/NN_name.py``, percent
+format): edit that (or open the notebook in Jupyter, where jupytext keeps both in step), and this
+script first brings the ``.ipynb`` up to date with it (outputs of unchanged cells are kept).
 
 Full mode writes each executed notebook back over its source, but only when it ran without an
 error (it is executed into a temporary file first). Afterwards every notebook is checked for
@@ -25,11 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 sys.path.insert(0, str(ROOT / "src"))  # works before `pip install -e .` too
 
-from notebook_tools import ensure_kernel, execute_notebook, notebook_problems, relative_papermill_metadata  # noqa: E402
+from notebook_tools import (ensure_kernel, execute_notebook, notebook_problems,  # noqa: E402
+                            relative_papermill_metadata, sync_notebook)
 
 
 def select(names: list[str]) -> list[Path]:
-    notebooks = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted(p.with_suffix(".ipynb") for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
     if not names:
         return notebooks
     chosen = []
@@ -49,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads of the kernel (default: torch's choice; "
                         "1 is faster on a busy shared CPU)")
     parser.add_argument("--out", help="smoke mode: folder for the executed notebooks (default: a temp folder)")
+    parser.add_argument("--sync", action="store_true", help="only update each .ipynb from its .py script")
     args = parser.parse_args(argv)
+    for path in select(args.names):
+        if sync_notebook(path):
+            print(f"{path.relative_to(ROOT)}: updated from {path.with_suffix('.py').name}")
+    if args.sync:
+        return 0
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # inherited by the kernel: no progress bars in outputs
     import nbformat

@@ -212,10 +212,11 @@ def _leaks(examples: dict[str, list[dict]], tables: dict[str, Table], config: Da
             continue
         source, train_source = tables[split].source, tables["train"].source
         if not config.drop_leaked_rows:
+            where = "line" if tables[split].lines else "row"
             raise DataValidationError(
-                f"{len(leaked)} example(s) of {source} also appear in {train_source} (first: {source}, line/row "
-                f"{leaked[0]['row']}: {example_key(leaked[0])[:80]!r}). Evaluation on leaked rows overstates "
-                "quality: remove them from one file, or set data.drop_leaked_rows: true to drop them here.")
+                f"{len(leaked)} example(s) of {source} also appear in {train_source} (first: {source}, {where} "
+                f"{leaked[0]['row']}: {example_key(leaked[0]).strip()[:80]!r}). Evaluation on leaked rows "
+                "overstates quality: remove them from one file, or set data.drop_leaked_rows: true to drop them.")
         examples[split] = [ex for ex in examples[split] if example_key(ex) not in train_keys]
         report.setdefault("dropped_leaked_rows", {})[split] = len(leaked)
         logger.warning(f"dropped {len(leaked)} of {len(leaked) + len(examples[split])} rows of {source} that also "

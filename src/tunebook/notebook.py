@@ -153,8 +153,9 @@ def train_in_subprocess(config) -> dict:
     save_config(config, run_dir / "requested_config.yaml")
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tunebook", "train", str(run_dir / "requested_config.yaml")],
-                          capture_output=True, text=True, env=env)
+    # --overwrite: re-running the notebook cell replaces the run that cell made before.
+    command = [sys.executable, "-m", "tunebook", "train", str(run_dir / "requested_config.yaml"), "--overwrite"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("[tunebook]"):
             print(line)

@@ -65,3 +65,57 @@ def plot_confusion_matrix(matrix: list[list[int]] | np.ndarray, labels: list[str
                 color="white" if count > matrix.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title)
     return _save(fig, path)
+
+
+def plot_memory_breakdown(estimates: dict[str, object], path: str | Path | None = None,
+                          title: str = "Estimated training memory") -> Figure:
+    """One stacked bar per estimate (`tunebook.memory.MemoryEstimate`), one colour per term, in GiB."""
+    terms = ["weights", "adapter", "gradients", "optimizer_state", "activations", "logits", "kv_cache", "overhead"]
+    values = {name: est.as_dict() for name, est in estimates.items()}
+    terms = [t for t in terms if any(v[t] for v in values.values())]
+    fig = Figure(figsize=(1.4 * len(estimates) + 3.5, 3.8))
+    ax = fig.subplots()
+    bottom = np.zeros(len(estimates))
+    for term in terms:
+        heights = np.array([values[name][term] for name in estimates])
+        ax.bar(list(estimates), heights, bottom=bottom, label=term.replace("_", " "))
+        bottom += heights
+    for x, total in enumerate(bottom):
+        ax.text(x, total, f"{total:.2f}", ha="center", va="bottom")
+    ax.set(ylabel="GiB", title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return _save(fig, path)
+
+
+def plot_loss_curves(histories: dict[str, list[dict]], scores: dict[str, float] | None = None,
+                     path: str | Path | None = None, score_name: str = "test F1",
+                     title: str = "Runs compared") -> Figure:
+    """Several runs' losses overlaid (train solid, eval dashed), and a bar per run of its task score.
+
+    `histories` maps a run name to its Trainer log history (or metrics.json's train_loss/eval_loss
+    lists concatenated); `scores` to one number each (e.g. test F1), drawn in a second panel.
+    """
+    fig = Figure(figsize=(10 if scores else 6, 3.8))
+    axes = fig.subplots(1, 2 if scores else 1, gridspec_kw={"width_ratios": [2, 1]} if scores else None)
+    ax = axes[0] if scores else axes
+    for n, (name, history) in enumerate(histories.items()):
+        colour = f"C{n}"
+        train = [(e["step"], e["loss"]) for e in history if "loss" in e]
+        evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+        if train:
+            ax.plot(*zip(*train), color=colour, label=name)
+        if evals:
+            ax.plot(*zip(*evals), color=colour, linestyle="--", marker="o", markersize=3)
+    ax.set(xlabel="optimizer step", ylabel="loss (solid: train, dashed: eval)", yscale="log", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if scores:
+        names = list(scores)
+        axes[1].barh(names, [scores[name] for name in names], color=[f"C{list(histories).index(n)}"
+                                                                      if n in histories else "grey" for n in names])
+        for y, name in enumerate(names):
+            axes[1].text(scores[name], y, f" {scores[name]:.3f}", va="center")
+        axes[1].set(xlabel=score_name, xlim=(0, 1.15))
+        axes[1].invert_yaxis()
+    fig.tight_layout()
+    return _save(fig, path)
