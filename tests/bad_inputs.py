@@ -193,6 +193,7 @@ class Ctx:
         self.assets, self.dir = assets, directory
         self.run = directory / "run"  # train.output_dir of every config written here
         self.patches: list[Callable[[], contextlib.AbstractContextManager]] = []
+        self.read_only: list[Path] = []  # folders the command may not write (it then runs in a subprocess)
 
     def path(self, name: str) -> Path:
         path = self.dir / name
@@ -254,24 +255,18 @@ def file_size_limit(limit: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-@contextlib.contextmanager
-def without_write_permission(*paths: Path) -> Iterator[None]:
-    """`paths` become read-only; as root (who may write anyway) the command runs as user nobody."""
-    modes = {p: p.stat().st_mode for p in paths}
-    for p in paths:
-        p.chmod(0o555)
-    as_root = os.geteuid() == 0
-    try:
-        if as_root:
-            os.setegid(65534)
-            os.seteuid(65534)
-        yield
-    finally:
-        if as_root:
-            os.seteuid(0)
-            os.setegid(0)
-        for p, mode in modes.items():
-            p.chmod(mode)
+def read_only_command(argv: list[str], paths: list[Path]) -> list[str]:
+    """A command line that runs `tunebook argv` with `paths` read-only.
+
+    As root (who may write anyway, as CI does) the paths are bind-mounted read-only in a private
+    mount namespace, so writes fail as on a read-only disk; other users get the folders' write
+    permission removed (see :func:`run_case`).
+    """
+    command = [sys.executable, "-m", "tunebook", *argv]
+    if os.geteuid() != 0:
+        return command
+    mounts = " && ".join(f"mount --bind {p} {p} && mount -o remount,bind,ro {p} {p}" for p in paths)
+    return ["unshare", "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh", *command]
 
 
 # ---------------------------------------------------------------- cases
@@ -289,6 +284,8 @@ class Case:
 
 
 CASES: list[Case] = []
+# What a write into a read-only folder reports: as root (a read-only mount) or as a user (no permission).
+_NOT_WRITABLE = r"<case>/run is on a read-only file system|no permission to write in <case>/run"
 
 
 def case(id: str, group: str, input: str, expect: tuple[str, ...] | str, **kwargs) -> Callable:
@@ -993,15 +990,13 @@ def _(c):
     return ["train", config]
 
 
-def _readonly_run(c: Ctx) -> list[str]:
+@case("run-folder-read-only", "run folders", "`train.output_dir` is a read-only folder",
+      ("Cannot write the run folder <case>/run", "train.output_dir"), slow=True, volatile=(_NOT_WRITABLE,))
+def _(c):
     c.run.mkdir()
     (c.run / "notes.txt").write_text("my notes\n")
-    c.patches.append(lambda: without_write_permission(c.run))
+    c.read_only.append(c.run)
     return ["train", c.config()]
-
-
-case("run-folder-read-only", "run folders", "`train.output_dir` is a folder without write permission",
-     ("run", "Permission denied", "train.output_dir"))(_readonly_run)
 
 
 @case("disk-full-while-saving", "run folders", "the disk fills while the run saves a checkpoint (writes fail)",
@@ -1099,14 +1094,12 @@ def _(c):
     return ["evaluate", c.config({"model.name": str(c.assets.other_llama)}), "--adapter", str(c.run / "adapter")]
 
 
-def _readonly_eval(c: Ctx) -> list[str]:
+@case("eval-read-only", "evaluate", "`evaluate` into a read-only run folder",
+      ("<case>/run/eval", "--out"), slow=True, volatile=(_NOT_WRITABLE,))
+def _(c):
     c.finished_run()
-    c.patches.append(lambda: without_write_permission(c.run))
+    c.read_only.append(c.run)
     return ["evaluate", c.config()]
-
-
-case("eval-read-only", "evaluate", "`evaluate` into a run folder without write permission",
-     ("eval", "Permission denied", "--out"), slow=True)(_readonly_eval)
 
 
 # --- accepted on purpose (exit 0): the output says what was done
@@ -1151,12 +1144,16 @@ def _snapshot(root: Path) -> dict[str, tuple[float, str]]:
     return files
 
 
-def _normalize(text: str, ctx: Ctx, case: Case) -> str:
+def _normalize(text: str, ctx: Ctx) -> str:
     text = text.replace(str(ctx.dir), "<case>").replace(str(ctx.assets.root), "<assets>")
-    text = text.replace(str(Path.home()), "~")
+    return text.replace(str(Path.home()), "~").strip()
+
+
+def _steady(text: str, case: Case) -> str:
+    """The message as the table shows it: what varies between machines and runs becomes "…"."""
     for pattern in case.volatile:
         text = re.sub(pattern, "…", text)
-    return text.strip()
+    return text
 
 
 def run_case(case: Case, assets: Assets, directory: Path) -> Outcome:
@@ -1178,7 +1175,10 @@ def run_case(case: Case, assets: Assets, directory: Path) -> Outcome:
         for patch in ctx.patches:
             stack.enter_context(patch())
         try:
-            status = cli.main(argv)
+            if ctx.read_only:
+                status = _run_read_only(argv, ctx.read_only, out, err)
+            else:
+                status = cli.main(argv)
         except SystemExit as exc:  # argparse: a usage error
             status = exc.code if isinstance(exc.code, int) else 2
         except Exception as exc:  # noqa: BLE001 - an escaped exception is what this harness looks for
@@ -1193,13 +1193,14 @@ def run_case(case: Case, assets: Assets, directory: Path) -> Outcome:
         verdict = "crash"
         problems.append("traceback")
     elif case.exit == 0:
-        lines = [line for line in out.getvalue().splitlines() if any(f in line for f in case.expect)]
+        output = _normalize(out.getvalue(), ctx)
+        lines = [line for line in output.splitlines() if any(f in line for f in case.expect)]
         message = " / ".join(dict.fromkeys(lines))
-        verdict = "good" if status == 0 and all(f in out.getvalue() for f in case.expect) else "unclear"
+        verdict = "good" if status == 0 and all(f in output for f in case.expect) else "unclear"
     else:
         text = err.getvalue()
         found = list(re.finditer(r"tunebook(?: [a-z]+)?: error: ", text))  # argparse: "tunebook estimate: error:"
-        message = text[found[-1].end():].split("\r")[0] if found else text[-400:]
+        message = _normalize(text[found[-1].end():].split("\r")[0] if found else text[-400:], ctx)
         if status not in (0, 2):
             verdict = "crash"
         elif status == 0:
@@ -1219,7 +1220,28 @@ def run_case(case: Case, assets: Assets, directory: Path) -> Outcome:
     elif case.exit != 0 and added and verdict != "crash":
         verdict = "silently wrong" if verdict == "good" else verdict
         problems.append(f"{'wrote into the existing' if existed else 'left behind in a new'} run folder: {added[:4]}")
-    return Outcome(case, status, _normalize(message, ctx, case), verdict, problems)
+    return Outcome(case, status, _steady(_normalize(message, ctx), case), verdict, problems)
+
+
+def _run_read_only(argv: list[str], paths: list[Path], out: io.StringIO, err: io.StringIO) -> int:
+    import subprocess
+
+    modes = {p: p.stat().st_mode for p in paths}
+    for p in paths:
+        p.chmod(0o555)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run(read_only_command(argv, paths), capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    out.write(done.stdout)
+    err.write(done.stderr)
+    if "Traceback (most recent call last)" in done.stderr:
+        last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1]
+        raise RuntimeError(f"in a subprocess: {last}")
+    return done.returncode
 
 
 def count_verdicts(outcomes: list[Outcome]) -> dict[str, int]:
