@@ -1248,11 +1248,32 @@ def count_verdicts(outcomes: list[Outcome]) -> dict[str, int]:
     return {v: sum(o.verdict == v for o in outcomes) for v in VERDICTS}
 
 
+def _cell(text: str) -> str:
+    return re.sub(r"\s*[\r\n]\s*", " ", text.replace("|", "\\|"))
+
+
+def table_row(o: Outcome) -> str:
+    verdict = o.verdict + (f" ({'; '.join(o.problems)})" if o.problems and o.verdict != "good" else "")
+    return (f"| `{o.case.id}` | {_cell(o.case.input)} | {o.status if o.status is not None else '-'} | "
+            f"{_cell(verdict)} | {_cell(o.message)} |")
+
+
+def _summary(counts: dict[str, int]) -> str:
+    return f"{sum(counts.values())} cases: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."
+
+
+def splice_table(table: str, outcomes: list[Outcome]) -> str:
+    """`table` with the rows of `outcomes` replaced and the counts recomputed (a partial rerun)."""
+    rows = {f"| `{o.case.id}` |": table_row(o) for o in outcomes}
+    lines = [rows.get(line[:line.index("` |") + 3], line) if line.startswith("| `") else line
+             for line in table.splitlines()]
+    verdicts = [line.split(" | ")[3].split(" (")[0] for line in lines if line.startswith("| `")]
+    counts = {v: verdicts.count(v) for v in VERDICTS}
+    return "\n".join(_summary(counts) if re.match(r"\d+ cases: ", line) else line for line in lines) + "\n"
+
+
 def render_table(outcomes: list[Outcome]) -> str:
     """docs/bad_inputs.md: every case, grouped, with the message the user gets."""
-    def cell(text: str) -> str:
-        return re.sub(r"\s*[\r\n]\s*", " ", text.replace("|", "\\|"))
-
     counts = count_verdicts(outcomes)
     lines = [
         "# Bad inputs and what tunebook says",
@@ -1265,7 +1286,7 @@ def render_table(outcomes: list[Outcome]) -> str:
         "in the config or the data, and without touching an existing run folder. "
         "`<case>` is the case's folder, `<assets>` the folder of the tiny shared models, data and runs.",
         "",
-        f"{len(outcomes)} cases: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ".",
+        _summary(counts),
     ]
     group = None
     for o in outcomes:
@@ -1273,9 +1294,7 @@ def render_table(outcomes: list[Outcome]) -> str:
             group = o.case.group
             lines += ["", f"## {group[0].upper()}{group[1:]}", "",
                       "| case | input | exit | verdict | message |", "|---|---|---|---|---|"]
-        verdict = o.verdict + (f" ({'; '.join(o.problems)})" if o.problems and o.verdict != "good" else "")
-        lines.append(f"| `{o.case.id}` | {cell(o.case.input)} | {o.status if o.status is not None else '-'} | "
-                     f"{cell(verdict)} | {cell(o.message)} |")
+        lines.append(table_row(o))
     return "\n".join(lines) + "\n"
 
 
@@ -1298,7 +1317,10 @@ def workspace() -> Path:
 
 
 def main(argv: list[str]) -> int:
-    """``python tests/bad_inputs.py [--check] [case-id ...]``: run the cases, write (or check) the table."""
+    """``python tests/bad_inputs.py [--check] [case-id ...]``: run the cases, write (or check) the table.
+
+    With case ids, only their rows of the table are rewritten (a quick rerun after a fix).
+    """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
 
@@ -1312,9 +1334,7 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(count_verdicts(outcomes)), file=sys.__stderr__)
-    if ids:
-        return 0
-    table = render_table(outcomes)
+    table = splice_table(TABLE_PATH.read_text(), outcomes) if ids else render_table(outcomes)
     if check:
         return 0 if TABLE_PATH.read_text() == table else 1
     TABLE_PATH.write_text(table)
