@@ -460,7 +460,7 @@ config_case("classification-recipe-causal-task", "`data.recipe: classification` 
 config_case("causal-recipe-classification-task", "`model.task: sequence-classification` with `data.recipe: instruction`",
             {"model.task": "sequence-classification"}, ("data.recipe", "classification", "'instruction'"))
 config_case("fp16-on-cpu", "`train.precision: fp16` on a machine without a CUDA GPU", {"train.precision": "fp16"},
-            ("train.precision", "fp16", "CUDA GPU", "bf16 or fp32"), slow=True)
+            ("train.precision", "fp16", "CUDA GPU", "bf16 or fp32"))
 config_case("max-length-past-context", "`data.max_length: 100000`, past the model's context",
             {"data.max_length": 100000}, ("data.max_length", "100000", "8192", "model's context"), slow=True)
 config_case("pad-to-length-short", "`train.pad_to_length: 8`, shorter than the examples", {"train.pad_to_length": 8},
