@@ -19,8 +19,6 @@ from bad_inputs import CASES, TABLE_PATH, Assets, Outcome, render_table, run_cas
 # Cases that still misbehave, with the reason; each is expected to fail until it is fixed.
 KNOWN_BAD: dict[str, str] = {
     "max-length-past-context": "silently wrong",
-    "data-csv-unclosed-quote": "silently wrong: a failed start leaves config.yaml in the run folder",
-    "data-csv-stray-quote": "silently wrong",
     "small-five-rows": "unclear",
     "small-all-too-long": "crash",
     "small-no-test-rows": "crash",
