@@ -784,10 +784,11 @@ def _(c):
     return ["train", c.data(gen_rows(1) * 50)]
 
 
-@case("small-five-rows", "too little data", "five distinct rows (`validation_fraction` 0.1 of 5 = 0.5 rows)",
-      ("5 distinct example(s)", "would be empty", "bring at least 6 distinct examples"))
+@case("small-four-rows", "too little data", "four distinct rows (`validation_fraction` 0.1 of 4 = 0.4 rows)",
+      ("4 distinct example(s)", "would be empty", "bring at least 5 distinct examples"))
 def _(c):
-    return ["train", c.data(gen_rows(5))]
+    return ["train", c.data(gen_rows(4))]
+
 
 
 @case("small-classification", "too little data", "one row per label, stratified carving",
@@ -1123,6 +1124,12 @@ def _(c):
     c.rows("data/train.jsonl", gen_rows())
     c.rows("data/test.jsonl", gen_rows(3, 100) + gen_rows(2, 4))
     return ["prepare", c.data(**{"data.drop_leaked_rows": True})]
+
+
+@case("ok-five-rows", "accepted with a warning", "five distinct rows: 1 validation, 1 test, 3 train rows",
+      ('"train": 3', '"validation": 1', '"test": 1'), exit=0)
+def _(c):
+    return ["prepare", c.data(gen_rows(5))]
 
 
 # ---------------------------------------------------------------- running a case

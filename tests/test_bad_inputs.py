@@ -19,7 +19,6 @@ from bad_inputs import CASES, TABLE_PATH, Assets, Outcome, render_table, run_cas
 # Cases that still misbehave, with the reason; each is expected to fail until it is fixed.
 KNOWN_BAD: dict[str, str] = {
     "max-length-past-context": "silently wrong",
-    "small-five-rows": "unclear",
     "small-all-too-long": "crash",
     "small-no-test-rows": "crash",
     "small-eval-validation-empty": "crash",
