@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -161,8 +162,16 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Names that peft, transformers and tutorials use for tunebook's keys.
+_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lr": "learning_rate",
+            "batch_size": "per_device_batch_size", "per_device_train_batch_size": "per_device_batch_size",
+            "lr_scheduler_type": "lr_scheduler", "model_name": "name", "quantize": "quantization",
+            "dataset": "path", "max_seq_length": "max_length", "gradient_accumulation": "gradient_accumulation_steps"}
+
+
 def _suggest(key: str, valid: typing.Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    valid = list(valid)
+    match = [_ALIASES[key]] if _ALIASES.get(key) in valid else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f" Did you mean '{match[0]}'?" if match else ""
 
 
@@ -227,6 +236,9 @@ def _type_name(hint: Any) -> str:
 def _check_range(value: Any, bounds: tuple, where: str) -> None:
     if value is None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if not math.isfinite(value):  # YAML reads .nan and .inf as numbers; no setting means them
+        raise _fail(where, f"{value!r} is not a finite number. Write a number such as 1e-4 (null where the key "
+                           "allows it).")
     ge, gt, le, lt = bounds
     allowed = " and ".join(text for text, bound in ((f">= {ge}", ge), (f"> {gt}", gt), (f"<= {le}", le),
                                                      (f"< {lt}", lt)) if bound is not None)
@@ -306,14 +318,20 @@ def _read_yaml(path: Path, lines: dict[str, str], chain: tuple[Path, ...] = ()) 
         node = yaml.compose(text, Loader=_Loader)
         values = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
         where = f", line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)}).") from None
+        started = (f"; {exc.context} that starts on line {context.line + 1}"
+                   if context and mark and context.line != mark.line and getattr(exc, "context", None) else "")
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)}{started}).") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected sections such as 'model:' and 'train:', got {values!r:.60}.")
     merged: dict[str, Any] = {}
     if "extends" in values:
-        base = path.parent / str(values.pop("extends"))
+        extends = str(values.pop("extends"))
+        base = path.parent / extends
+        if not base.is_file():
+            raise ConfigError(f"{path}: 'extends: {extends}' names a file that is not found ({base}). The path is "
+                              "relative to the extending file; fix it or remove the extends line.")
         merged = _read_yaml(base, lines, (*chain, path.resolve()))
     for key_node, value_node in getattr(node, "value", []):
         lines[key_node.value] = f"{path}, line {key_node.start_mark.line + 1}"

@@ -254,7 +254,8 @@ def carve_splits(examples: dict[str, list[dict]], config: DataConfig, source: st
             groups.setdefault((stratum, example_key(ex)), []).append(ex)
         strata = sorted({k[0] for k in groups})
         sizes = [sum(k[0] == s for k in groups) for s in strata]
-        quotas = {split: _apportion(round(fractions[split] * len(groups)), sizes) for split in missing}
+        # Half rounds up (Python's round(0.5) is 0): 5 rows at 0.1 give 1 row, as the advice below says.
+        quotas = {split: _apportion(math.floor(fractions[split] * len(groups) + 0.5), sizes) for split in missing}
         rng = np.random.default_rng(config.seed)
         chosen: dict[str, list[dict]] = {s: [] for s in ("train", *missing)}
         for n, stratum in enumerate(strata):

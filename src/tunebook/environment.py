@@ -79,8 +79,8 @@ def choose_precision(requested: str = "auto", device: str | None = None) -> Deci
     if requested != "auto":
         if requested == "fp16" and device != "cuda":
             raise ConfigError(
-                "precision='fp16' needs a CUDA GPU (fp16 training on CPU is unsupported by the "
-                "Trainer). Use precision: auto, bf16 or fp32."
+                "train.precision: 'fp16' needs a CUDA GPU, and this machine has none (the Trainer does not "
+                "train in fp16 on a CPU). Set train.precision: auto, bf16 or fp32."
             )
         return Decision(requested, "asked for in the config (train.precision)")
     if device == "cuda":

@@ -28,7 +28,7 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 from .config import DataConfig, EvalConfig, RunConfig
 from .environment import choose_precision, precision_dtype
 from .errors import RunFolderError
-from .files import write_json, write_text
+from .files import unwritable, write_json, write_text
 from .formatting import IGNORE_INDEX, answer_text, build_prompt, completion_collator, encode_prompt, \
     prompt_messages, stop_token_ids
 from .log import get_logger
@@ -348,7 +348,8 @@ def run_evaluation(config: RunConfig, adapter_dir: str | None = None, compare_ba
     if (out / "results.json").is_file() and not overwrite:
         raise RunFolderError(f"{out} already holds evaluation results. Re-run with --overwrite to replace them, "
                              "or write them elsewhere with --out.")
-    out.mkdir(parents=True, exist_ok=True)
+    if reason := unwritable(out):
+        raise RunFolderError(f"Cannot write evaluation results to {out}: {reason}. Write them elsewhere with --out.")
     tokenizer = load_tokenizer(config.model.name, config.model.trust_remote_code)
     split = evaluation_split(config, tokenizer)
     set_seed(config.train.seed)  # a new classification head starts as training's did
@@ -359,6 +360,7 @@ def run_evaluation(config: RunConfig, adapter_dir: str | None = None, compare_ba
                        dtype=precision_dtype(precision.value), label_names=split.labels,
                        trust_remote_code=config.model.trust_remote_code)
     logger.info(f"evaluating on {len(split)} of {split.total} {split.name} rows; {precision}")
+    out.mkdir(parents=True, exist_ok=True)  # once data and model are fine: a failed start leaves nothing
     results: dict[str, dict] = {}
     if compare_base:
         if config.data.recipe == "classification":

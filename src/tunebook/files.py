@@ -40,6 +40,26 @@ def atomic_directory(target: str | Path, replace: bool = True) -> Iterator[Path]
         shutil.rmtree(old, ignore_errors=True)
 
 
+def unwritable(folder: str | Path) -> str | None:
+    """Why files cannot be written into `folder` (or where it would be created), or None when they can.
+
+    Checked before a command starts, so a read-only or foreign folder stops it before minutes of work.
+    """
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    try:
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            return f"{existing} is on a read-only file system"
+    except OSError:
+        pass
+    return f"no permission to write in {existing}"
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically (temporary file + rename): readers see the old or the new file."""
     path = Path(path)

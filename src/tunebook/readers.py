@@ -111,25 +111,32 @@ def _json(text: str, source: str) -> Table:
 
 
 def _delimited(text: str, source: str, delimiter: str, header: list[str] | None) -> Table:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a broken quote stops here instead of swallowing the lines after it into one field
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows, lines, start = [], [], 1
-    for record in reader:
-        if not record or not any(cell.strip() for cell in record):
+    try:
+        for record in reader:
+            if not record or not any(cell.strip() for cell in record):
+                start = reader.line_num + 1
+                continue
+            if header is None:
+                header = [name.strip() for name in record]
+                if len(set(header)) != len(header):
+                    raise DataValidationError(f"{source}, line {start}: the header repeats a column name: {header}.")
+            elif len(record) != len(header):
+                raise DataValidationError(
+                    f"{source}, line {start}: {len(record)} fields, the header has {len(header)} ({header}). "
+                    "Quote fields that contain the delimiter or line breaks; set data.csv_header if the file "
+                    "has no header row.")
+            else:
+                rows.append(dict(zip(header, record)))
+                lines.append(start)
             start = reader.line_num + 1
-            continue
-        if header is None:
-            header = [name.strip() for name in record]
-            if len(set(header)) != len(header):
-                raise DataValidationError(f"{source}, line {start}: the header repeats a column name: {header}.")
-        elif len(record) != len(header):
-            raise DataValidationError(
-                f"{source}, line {start}: {len(record)} fields, the header has {len(header)} ({header}). "
-                "Quote fields that contain the delimiter or line breaks; set data.csv_header if the file "
-                "has no header row.")
-        else:
-            rows.append(dict(zip(header, record)))
-            lines.append(start)
-        start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataValidationError(
+            f"{source}, line {start}: broken quoting in the row that starts on this line ({exc}, noticed at line "
+            f"{reader.line_num}). A field holding the delimiter, a line break or a quote must be quoted, its quotes "
+            'doubled ("She said ""hi"""), and every opening quote closed.') from None
     return Table(rows, source, lines)
 
 

@@ -17,6 +17,7 @@ Starting a run where another one lives stops with the three ways forward: ``--re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from transformers import Trainer
 
 from .config import RunConfig, config_to_dict, load_config, save_config
 from .errors import RunFolderError
-from .files import atomic_directory
+from .files import atomic_directory, unwritable
 from .log import get_logger
 
 logger = get_logger()
@@ -82,7 +83,7 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "adapter" / "adapter_config.json").is_file() and (run_dir / "metrics.json").is_file()
 
 
-def last_complete_checkpoint(checkpoints: Path, remove_broken: bool = True) -> Path:
+def last_complete_checkpoint(checkpoints: Path, remove_broken: bool = True, verbose: bool = True) -> Path:
     """The newest ``checkpoint-N`` in `checkpoints` that was saved completely.
 
     The Trainer writes a checkpoint's files one after another and ``trainer_state.json`` last, so
@@ -106,10 +107,53 @@ def last_complete_checkpoint(checkpoints: Path, remove_broken: bool = True) -> P
                             "short (the run stopped while saving it)")
                 shutil.rmtree(candidate)
             continue
-        logger.info(f"--resume: continuing from {candidate.name}")
+        if verbose:
+            logger.info(f"--resume: continuing from {candidate.name}")
         return candidate
     raise RunFolderError(f"--resume: no complete checkpoint in {checkpoints}; the run stopped before its first "
                          "checkpoint (train.save_steps). Start it again with --overwrite.")
+
+
+def check_run(config: RunConfig, resume: bool = False, overwrite: bool = False) -> None:
+    """Stop (:class:`RunFolderError`) when ``train.output_dir`` cannot take this run; write nothing.
+
+    Called before the data and the model load, so a run that cannot start says so at once, and
+    again by :func:`start_run` just before it writes.
+    """
+    run_dir = Path(config.train.output_dir)
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other: pick one.")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"train.output_dir '{run_dir}' is a file, not a folder. Set train.output_dir to a "
+                             "folder (it is created if missing).")
+    if reason := unwritable(run_dir):
+        raise RunFolderError(f"Cannot write the run folder {run_dir}: {reason}. Set train.output_dir to a folder "
+                             "you can write.")
+    present = run_contents(run_dir)
+    if resume:
+        if "config.yaml" not in present:
+            raise RunFolderError(f"--resume: no run in {run_dir} (no config.yaml). Run without --resume to start one.")
+        check_same_model(run_dir, config, "resume")
+        if is_finished(run_dir):
+            raise RunFolderError(f"--resume: the run in {run_dir} is finished (adapter and metrics.json saved). "
+                                 "Evaluate it, or train again with --overwrite or into a new train.output_dir.")
+        checkpoint = last_complete_checkpoint(run_dir / "checkpoints", remove_broken=False, verbose=False)
+        step = json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step", 0)
+        if step > config.train.max_steps:
+            raise RunFolderError(
+                f"--resume: {checkpoint.name} is at step {step}, past train.max_steps={config.train.max_steps}: the "
+                f"run would stop at once and save step {step}'s adapter as a {config.train.max_steps}-step run. Set "
+                f"train.max_steps to {step} or more (the run's config.yaml has {saved_max_steps(run_dir)}).")
+        return
+    if present and not overwrite:
+        raise RunFolderError(
+            f"{run_dir} already holds a run ({', '.join(present)}). Continue it with --resume, replace it with "
+            f"--overwrite (removes {', '.join(present)}), or set train.output_dir to a new folder.")
+
+
+def saved_max_steps(run_dir: Path) -> int | str:
+    saved = saved_config(run_dir)
+    return saved.train.max_steps if saved else "?"
 
 
 def start_run(config: RunConfig, resume: bool = False, overwrite: bool = False,
@@ -120,23 +164,12 @@ def start_run(config: RunConfig, resume: bool = False, overwrite: bool = False,
     launch` only the main process checks and writes; the others only find the checkpoint.
     """
     run_dir = Path(config.train.output_dir)
-    if resume and overwrite:
-        raise RunFolderError("--resume and --overwrite contradict each other: pick one.")
     if not main_process:
         return last_complete_checkpoint(run_dir / "checkpoints", remove_broken=False) if resume else None
-    present = run_contents(run_dir)
+    check_run(config, resume, overwrite)
     if resume:
-        if "config.yaml" not in present:
-            raise RunFolderError(f"--resume: no run in {run_dir} (no config.yaml). Run without --resume to start one.")
-        check_same_model(run_dir, config, "resume")
-        if is_finished(run_dir):
-            raise RunFolderError(f"--resume: the run in {run_dir} is finished (adapter and metrics.json saved). "
-                                 "Evaluate it, or train again with --overwrite or into a new train.output_dir.")
         return last_complete_checkpoint(run_dir / "checkpoints")
-    if present and not overwrite:
-        raise RunFolderError(
-            f"{run_dir} already holds a run ({', '.join(present)}). Continue it with --resume, replace it with "
-            f"--overwrite (removes {', '.join(present)}), or set train.output_dir to a new folder.")
+    present = run_contents(run_dir)
     for name in present:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -149,6 +182,21 @@ def start_run(config: RunConfig, resume: bool = False, overwrite: bool = False,
         raise RunFolderError(f"Cannot write the run folder {run_dir}: {exc.strerror}. Check that it is writable "
                              "and the disk has room, or set train.output_dir elsewhere.") from None
     return None
+
+
+def discard_unstarted_run(run_dir: Path) -> None:
+    """After a failure before the first checkpoint: remove what this run wrote, so a retry starts clean."""
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*")):
+        return
+    for name in ("config.yaml", "length_histogram.png", "checkpoints"):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only when empty: the folder may hold the user's own files (prepared/, notes)
 
 
 def save_adapter(model: torch.nn.Module, adapter_dir: Path) -> None:

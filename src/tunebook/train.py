@@ -32,9 +32,9 @@ from .formatting import completion_collator
 from .log import get_logger, is_main_process
 from .lora import apply_lora, count_parameters
 from .models import load_model, load_tokenizer
-from .plots import plot_loss_curve
+from .plots import plot_length_histogram, plot_loss_curve
 from .prepare import Prepared, prepare_tokenized
-from .runs import save_adapter, save_sharded_adapter, start_run
+from .runs import check_run, discard_unstarted_run, save_adapter, save_sharded_adapter, start_run
 
 logger = get_logger()
 
@@ -233,12 +233,9 @@ def hardware_decisions(config: RunConfig) -> Decisions:
     return decisions
 
 
-def prepare_training_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase, run_dir: Path) -> Prepared:
+def prepare_training_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> Prepared:
     """Validated, tokenized splits (a bad file fails here in seconds, before minutes of model loading)."""
-    # Under `accelerate launch` every rank prepares the data; only the main one draws the histogram
-    # (two processes writing one PNG can leave it corrupt).
-    histogram = run_dir / "length_histogram.png" if is_main_process() else None
-    prepared = prepare_tokenized(config, tokenizer, histogram)
+    prepared = prepare_tokenized(config, tokenizer)
     stats = prepared.stats
     logger.info(f"data: {prepared.report['split_sizes']}; train tokens per example: p50={stats['p50']:.0f} "
                 f"p95={stats['p95']:.0f} max={stats['max']}")
@@ -273,10 +270,11 @@ def run_training(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     `resume` continues it from its last checkpoint, `overwrite` replaces it.
     """
     run_dir = Path(config.train.output_dir)
-    resume_from = start_run(config, resume, overwrite, is_main_process())
+    if is_main_process():
+        check_run(config, resume, overwrite)  # writes nothing: the folder is claimed once data and model are fine
     decisions = hardware_decisions(config)
     tokenizer = load_tokenizer(config.model.name, config.model.trust_remote_code)
-    prepared = prepare_training_data(config, tokenizer, run_dir)
+    prepared = prepare_training_data(config, tokenizer)
     validation = prepared.tokenized["validation"]
     # TrainingArguments before the model, as transformers' FSDP/DeepSpeed recipes do: creating them
     # starts the process group, pins this rank's GPU and registers a ZeRO-3 config, so that loading
@@ -285,6 +283,22 @@ def run_training(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     args = training_arguments(config, run_dir, decisions.precision.value, decisions.optimizer.value,
                               has_eval=len(validation) > 0)
     model = build_model(config, decisions, prepared.labels)
+    resume_from = start_run(config, resume, overwrite, is_main_process())
+    try:
+        return _train(config, run_dir, decisions, tokenizer, prepared, args, model, resume_from)
+    except Exception:
+        if resume_from is None and is_main_process():
+            discard_unstarted_run(run_dir)  # nothing to resume: a retry must not find a run that never was
+        raise
+
+
+def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: PreTrainedTokenizerBase,
+           prepared: Prepared, args: TrainingArguments, model: PreTrainedModel, resume_from: Path | None
+           ) -> TrainResult:
+    validation = prepared.tokenized["validation"]
+    if is_main_process():  # one process draws it: two writing one PNG can leave it corrupt
+        plot_length_histogram(prepared.tokenized["train"]["length"], prepared.stats["max_length"],
+                              run_dir / "length_histogram.png")
     if config.data.recipe == "classification":
         collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
     else:
