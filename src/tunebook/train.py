@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 from transformers import (DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase, Trainer,
                           TrainerCallback, TrainingArguments, set_seed)
@@ -91,6 +92,25 @@ class TunebookTrainer(Trainer):
         self.batch_log.append({"rows": rows, "width": width, "trained_tokens": trained,
                                "end": time.perf_counter()})
         return loss
+
+
+class MemoryLog(TrainerCallback):
+    """Memory in use at every logging step: RSS on CPU, allocated tensors on CUDA (metrics.json's ``memory_log``).
+
+    The peak alone cannot tell a load-time spike from memory that keeps growing during training;
+    this series can (benchmarks/README.md reads it for a 1,000-step run).
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+        self.log: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.device == "cuda":
+            used = torch.cuda.memory_allocated() / 2**20
+        else:
+            used = psutil.Process().memory_info().rss / 2**20
+        self.log.append({"step": state.global_step, "memory_mb": round(used, 1)})
 
 
 class DivergenceGuard(TrainerCallback):
@@ -305,14 +325,16 @@ def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: Pr
         head_only_where_trained = choose_trained_positions_loss(model, args)
         logger.info(str(head_only_where_trained))
         collator = completion_collator(tokenizer, config.train.pad_to_length, head_only_where_trained.value)
+    memory = MemoryLog(decisions.device.value)
     trainer = TunebookTrainer(model=model, args=args, train_dataset=prepared.tokenized["train"],
                               eval_dataset=validation if len(validation) else None, data_collator=collator,
-                              processing_class=tokenizer, callbacks=[DivergenceGuard(config.train.learning_rate)])
+                              processing_class=tokenizer, callbacks=[DivergenceGuard(config.train.learning_rate), memory])
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = collect_metrics(trainer, time.perf_counter() - start, decisions.device.value, prepared.stats, start)
     metrics["decisions"] = {"device": str(decisions.device), "precision": str(decisions.precision),
                             "optimizer": str(decisions.optimizer)}
+    metrics["memory_log"] = memory.log
     adapter_dir = save_run(trainer, tokenizer, config, metrics)
     return TrainResult(run_dir, adapter_dir, metrics)
 
