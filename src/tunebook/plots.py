@@ -119,3 +119,25 @@ def plot_loss_curves(histories: dict[str, list[dict]], scores: dict[str, float] 
         axes[1].invert_yaxis()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_grouped_bars(values: dict[str, dict[str, float]], path: str | Path | None = None, title: str = "",
+                      ylabel: str = "", value_format: str = "{:.2f}") -> Figure:
+    """Bars grouped by category, one colour per series: ``{series: {category: value}}``.
+
+    E.g. per-type F1 of base, baseline and tuned, or the number of answers per error category.
+    """
+    categories = list(dict.fromkeys(c for series in values.values() for c in series))
+    fig = Figure(figsize=(max(5.0, 1.1 * len(categories) * max(1, len(values)) / 2 + 2), 3.6))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(values))
+    for n, (name, series) in enumerate(values.items()):
+        xs = np.arange(len(categories)) + (n - (len(values) - 1) / 2) * width
+        heights = [series.get(c, 0) for c in categories]
+        bars = ax.bar(xs, heights, width, label=name)
+        ax.bar_label(bars, labels=[value_format.format(h) for h in heights], fontsize=7, padding=1)
+    ax.set_xticks(range(len(categories)), categories, rotation=20, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
