@@ -1132,6 +1132,12 @@ def _(c):
     return ["prepare", c.data(gen_rows(5))]
 
 
+@case("ok-no-test-split", "accepted with a warning", "`train` with `data.test_fraction: 0` and no test file",
+      ("'test': 0",), exit=0, slow=True)
+def _(c):
+    return ["train", c.config({"data.test_fraction": 0.0, "train.max_steps": 1})]
+
+
 # ---------------------------------------------------------------- running a case
 
 @dataclass

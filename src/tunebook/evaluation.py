@@ -27,7 +27,7 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 
 from .config import DataConfig, EvalConfig, RunConfig
 from .environment import choose_precision, precision_dtype
-from .errors import RunFolderError
+from .errors import DataValidationError, RunFolderError
 from .files import unwritable, write_json, write_text
 from .formatting import IGNORE_INDEX, answer_text, build_prompt, completion_collator, encode_prompt, \
     prompt_messages, stop_token_ids
@@ -250,7 +250,9 @@ def _evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         return evaluate_classification(model, tokenizer, split.tokenized, split.labels, config.eval.batch_size,
                                        out / f"confusion_matrix_{name}.png", desc=f"classify ({name})")
     result = evaluate_generation(model, tokenizer, split.raw, config.data, config.eval, desc=f"generate ({name})")
-    result["perplexity"] = perplexity(model, split.validation, completion_collator(tokenizer), config.eval.batch_size)
+    if len(split.validation):  # answer perplexity on the validation rows (none: no perplexity)
+        result["perplexity"] = perplexity(model, split.validation, completion_collator(tokenizer),
+                                          config.eval.batch_size)
     result["perplexity_rows"] = len(split.validation)
     if result["task"] == "extraction":
         result["errors"] = error_analysis(result["predictions"], result["references"], result["inputs"])
@@ -284,6 +286,13 @@ def evaluation_split(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> E
     """``eval.split`` of the prepared data, capped at ``eval.max_examples`` (its first rows)."""
     prepared = prepare_tokenized(config, tokenizer)
     name, cap = config.eval.split, config.eval.max_examples
+    if len(prepared.raw[name]) == 0:
+        source = prepared.report["sources"].get(name)
+        why = (f"every row of {source} was dropped" if source else
+               f"data.{name}_fraction is {getattr(config.data, f'{name}_fraction')} and {config.data.path} has "
+               f"no {name} file")
+        raise DataValidationError(f"eval.split: the {name} split has no rows to evaluate ({why}). Give a {name} "
+                                  f"file, set data.{name}_fraction above 0, or evaluate the other split (eval.split).")
 
     def capped(dataset: Dataset) -> Dataset:
         return dataset.select(range(min(cap, len(dataset)))) if cap is not None else dataset

@@ -167,6 +167,7 @@ def tokenize_dataset(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, conf
         tokenized = DatasetDict({s: d.map(_encode_text, fn_kwargs={"tokenizer": tokenizer, "limit": limit},
                                           remove_columns=["text"], desc=f"tokenize {s}")
                                  for s, d in data.items()})
+        tokenized = _empty_like_train(tokenized)
         for split, dataset in tokenized.items():
             if cut := sum(dataset["truncated"]):
                 logger.warning(f"{cut} of {len(dataset)} {split} texts are longer than {limit} tokens and "
@@ -178,6 +179,7 @@ def tokenize_dataset(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, conf
                  remove_columns=roles, desc=f"tokenize {s}")
         for s, d in data.items()
     })
+    tokenized = _empty_like_train(tokenized)
     end_id = end_of_turn_id(tokenizer)
     for split, dataset in tokenized.items():
         for i, example in enumerate(dataset):
@@ -185,6 +187,11 @@ def tokenize_dataset(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, conf
     if config.max_length is not None:
         tokenized = drop_overlong(tokenized, config.max_length, splits=("train", "validation"))
     return tokenized
+
+
+def _empty_like_train(tokenized: DatasetDict) -> DatasetDict:
+    """Empty splits (no rows to map, so `map` added no columns) get the tokenized train split's columns."""
+    return DatasetDict({s: d if len(d) else tokenized["train"].select([]) for s, d in tokenized.items()})
 
 
 def _encode_text(example: dict, tokenizer: PreTrainedTokenizerBase, limit: int | None) -> dict:
