@@ -25,6 +25,7 @@ KNOWN_BAD: dict[str, str] = {
     "model-no-weights": "crash",
     "model-pickle-weights": "crash",
     "model-truncated-weights": "crash",
+    "model-is-adapter": "crash",
     "estimate-unknown-model": "crash",
     "estimate-zero-batch": "silently wrong",
     "estimate-negative-seq-len": "silently wrong",
