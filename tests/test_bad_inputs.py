@@ -20,12 +20,6 @@ from bad_inputs import CASES, TABLE_PATH, Assets, Outcome, render_table, run_cas
 KNOWN_BAD: dict[str, str] = {
     "max-length-past-context": "silently wrong",
     "small-all-too-long": "crash",
-    "model-file-not-folder": "crash",
-    "model-no-tokenizer": "crash",
-    "model-no-weights": "crash",
-    "model-pickle-weights": "crash",
-    "model-truncated-weights": "crash",
-    "model-is-adapter": "crash",
     "estimate-unknown-model": "crash",
     "estimate-zero-batch": "silently wrong",
     "estimate-negative-seq-len": "silently wrong",
