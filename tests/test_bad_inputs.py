@@ -20,9 +20,6 @@ from bad_inputs import CASES, TABLE_PATH, Assets, Outcome, render_table, run_cas
 KNOWN_BAD: dict[str, str] = {
     "max-length-past-context": "silently wrong",
     "small-all-too-long": "crash",
-    "estimate-unknown-model": "crash",
-    "estimate-zero-batch": "silently wrong",
-    "estimate-negative-seq-len": "silently wrong",
     "disk-full-while-saving": "crash",
     "diverges-lr-1": "silently wrong",
 }
