@@ -27,7 +27,7 @@ from datasets import DatasetDict
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from .config import DataConfig
-from .errors import TemplateError
+from .errors import DataValidationError, TemplateError
 from .log import get_logger
 
 logger = get_logger()
@@ -215,7 +215,11 @@ def drop_overlong(tokenized: DatasetDict, max_length: int, splits: tuple[str, ..
             logger.warning(f"{dropped} of {len(dataset)} {split} examples are longer than max_length={max_length} "
                            "tokens and were dropped (raise data.max_length to keep them)")
         if not keep:
-            raise ValueError(f"Every {split} example is longer than max_length={max_length}; raise data.max_length.")
+            shortest = min(dataset["length"])
+            raise DataValidationError(
+                f"data.max_length={max_length}: every {split} example is longer (the shortest has {shortest} tokens), "
+                f"so no {split} example is left. Raise data.max_length to {shortest} or more, or set it to null to "
+                "keep every example.")
         out[split] = dataset.select(keep)
     return DatasetDict(out)
 
