@@ -18,7 +18,6 @@ from bad_inputs import CASES, TABLE_PATH, Assets, Outcome, render_table, run_cas
 
 # Cases that still misbehave, with the reason; each is expected to fail until it is fixed.
 KNOWN_BAD: dict[str, str] = {
-    "disk-full-while-saving": "crash",
     "diverges-lr-1": "silently wrong",
 }
 

@@ -25,8 +25,8 @@ from transformers import (DataCollatorWithPadding, PreTrainedModel, PreTrainedTo
 
 from .config import RunConfig
 from .environment import Decision, choose_device, choose_precision, environment_report, precision_dtype
-from .errors import ConfigError, TunebookError
-from .files import write_json
+from .errors import ConfigError, RunFolderError, TunebookError
+from .files import write_failure, write_json
 from .formatting import completion_collator
 from .log import get_logger, is_main_process
 from .lora import apply_lora, count_parameters
@@ -274,10 +274,15 @@ def run_training(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     resume_from = start_run(config, resume, overwrite, is_main_process())
     try:
         return _train(config, run_dir, decisions, tokenizer, prepared, args, model, resume_from)
-    except Exception:
-        if resume_from is None and is_main_process():
-            discard_unstarted_run(run_dir)  # nothing to resume: a retry must not find a run that never was
-        raise
+    except Exception as exc:
+        kept = discard_unstarted_run(run_dir) if is_main_process() and resume_from is None else None
+        if (reason := write_failure(exc)) is None:
+            raise
+        resume_hint = (f"`train --resume` continues from {kept.name}" if kept else
+                       "nothing was saved, so train again" if resume_from is None else
+                       f"`train --resume` continues from the last complete checkpoint")
+        raise RunFolderError(f"Writing the run into {run_dir} failed: {reason}. Free disk space, or set "
+                             f"train.output_dir to a folder with room that you can write; {resume_hint}.") from exc
 
 
 def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: PreTrainedTokenizerBase,
