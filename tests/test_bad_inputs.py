@@ -18,7 +18,6 @@ from bad_inputs import CASES, TABLE_PATH, Assets, Outcome, render_table, run_cas
 
 # Cases that still misbehave, with the reason; each is expected to fail until it is fixed.
 KNOWN_BAD: dict[str, str] = {
-    "diverges-lr-1": "silently wrong",
 }
 
 OUTCOMES: dict[str, Outcome] = {}
