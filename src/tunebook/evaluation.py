@@ -29,10 +29,10 @@ from .config import DataConfig, EvalConfig, RunConfig
 from .environment import choose_precision, precision_dtype
 from .errors import DataValidationError, RunFolderError
 from .files import unwritable, write_json, write_text
-from .formatting import IGNORE_INDEX, answer_text, build_prompt, completion_collator, encode_prompt, \
-    prompt_messages, stop_token_ids
+from .formatting import IGNORE_INDEX, answer_text, build_prompt, classification_length_limit, \
+    completion_collator, encode_prompt, prompt_messages, stop_token_ids
 from .log import get_logger
-from .lora import load_adapter
+from .lora import check_adapter_files, load_adapter
 from .metrics import load_metric
 from .metrics.entity_f1 import ERROR_CATEGORIES, categorize_errors, parse_entities
 from .models import load_model, load_tokenizer
@@ -277,6 +277,7 @@ class EvalSplit:
             raise RuntimeError("tunebook bug: tokenized and raw evaluation rows are not aligned.")
         self.raw, self.tokenized, self.validation, self.labels = raw, tokenized, validation, labels
         self.name, self.total = name, total
+        self.max_length: int | None = None  # classification: the tokens a text is cut to
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -297,8 +298,11 @@ def evaluation_split(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> E
     def capped(dataset: Dataset) -> Dataset:
         return dataset.select(range(min(cap, len(dataset)))) if cap is not None else dataset
 
-    return EvalSplit(capped(prepared.raw[name]), capped(prepared.tokenized[name]),
-                     capped(prepared.tokenized["validation"]), prepared.labels, name, len(prepared.raw[name]))
+    split = EvalSplit(capped(prepared.raw[name]), capped(prepared.tokenized[name]),
+                      capped(prepared.tokenized["validation"]), prepared.labels, name, len(prepared.raw[name]))
+    if config.data.recipe == "classification":
+        split.max_length = classification_length_limit(tokenizer, config.data.max_length)
+    return split
 
 
 def find_adapter(config: RunConfig, adapter_dir: str | None, compare_base: bool) -> Path | None:
@@ -310,6 +314,8 @@ def find_adapter(config: RunConfig, adapter_dir: str | None, compare_base: bool)
                              "--adapter with the adapter folder of a run.")
     if adapter is None and not compare_base:
         raise RunFolderError(f"Nothing to evaluate: no adapter in {default} and the base model is skipped.")
+    if adapter is not None:
+        check_adapter_files(adapter)  # a damaged file stops now, not after the base model's evaluation
     return adapter
 
 
@@ -319,7 +325,10 @@ def write_results(out: Path, config: RunConfig, split: EvalSplit, results: dict[
     task = "classification" if config.data.recipe == "classification" else next(iter(results.values()))["task"]
     summary = {"model": config.model.name, "quantization": config.model.quantization,
                "adapter": str(adapter) if adapter else None, "split": split.name, "num_examples": len(split),
-               "split_rows": split.total, "task": task, **{name: _summary(r) for name, r in results.items()}}
+               "split_rows": split.total, "task": task}
+    if task == "classification":  # texts past the length limit are scored on their first tokens: say how many
+        summary.update(max_length=split.max_length, truncated_rows=sum(split.tokenized["truncated"]))
+    summary.update({name: _summary(r) for name, r in results.items()})
     lines = []
     for i, example in enumerate(split.raw):
         row: dict[str, Any] = {"row": example["row"], "input": example["text"] if task == "classification"
