@@ -478,6 +478,12 @@ def _(c):
     return ["train", c.config({"data.path": str(c.dir / "data" / "nothing-here.jsonl")})]
 
 
+@case("data-folder-missing", "data files", "`data.path` names a folder that does not exist",
+      ("my-data", "not a local file or folder"))
+def _(c):
+    return ["train", c.config({"data.path": str(c.dir / "my-data") + "/"})]
+
+
 @case("data-empty-file", "data files", "an empty (0-byte) train.jsonl", ("train.jsonl", "the file is empty"))
 def _(c):
     c.text("data/train.jsonl", "")
@@ -828,6 +834,12 @@ def _(c):
       ("Could not load 'someone/model'", "not a local folder, not an embedded model", "smollm2-135m-instruct"), slow=True)
 def _(c):
     return ["train", c.config({"model.name": "someone/model"})]
+
+
+@case("model-path-missing", "models", "`model.name` is a path to a folder that does not exist",
+      ("models/mine", "not a local folder", "smollm2-135m-instruct"), slow=True)
+def _(c):
+    return ["train", c.config({"model.name": str(c.dir / "models" / "mine")})]
 
 
 @case("model-near-embedded-name", "models", "`model.name: smollm2-135m` (near an embedded name)",
