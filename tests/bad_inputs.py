@@ -1040,7 +1040,7 @@ def _(c):
 @case("diverges-lr-1", "training", "`train.learning_rate: 1.0` (allowed, far too high)",
       ("Training collapsed", "gradient norm fell", "train.learning_rate=1 is too high", "adapter was not saved"),
       slow=True,
-      volatile=(r"\d+\.\d+(?:e[-+]?\d+)?|\d+e[-+]?\d+", r"(?<=step )\d+"))
+      volatile=(r"\d+\.\d+(?:e[-+]?\d+)?", r"(?<=step )\d+"))
 def _(c):
     return ["train", c.config({"train.learning_rate": 1.0, "train.max_steps": 16, "train.save_steps": 100,
                                "train.eval_steps": 100})]
