@@ -18,20 +18,6 @@ from bad_inputs import CASES, TABLE_PATH, Assets, Outcome, render_table, run_cas
 
 # Cases that still misbehave, with the reason; each is expected to fail until it is fixed.
 KNOWN_BAD: dict[str, str] = {
-    "max-length-past-context": "silently wrong",
-    "small-all-too-long": "crash",
-    "small-no-test-rows": "crash",
-    "small-eval-validation-empty": "crash",
-    "model-file-not-folder": "crash",
-    "model-no-tokenizer": "crash",
-    "model-no-weights": "crash",
-    "model-pickle-weights": "crash",
-    "model-truncated-weights": "crash",
-    "estimate-unknown-model": "crash",
-    "estimate-zero-batch": "silently wrong",
-    "estimate-negative-seq-len": "silently wrong",
-    "disk-full-while-saving": "crash",
-    "diverges-lr-1": "silently wrong",
 }
 
 OUTCOMES: dict[str, Outcome] = {}

@@ -174,3 +174,77 @@ def test_run_evaluation_on_smollm2(tmp_path):
     assert len(rows) == 4 and {"input", "reference", "base_output", "tuned_output", "base_errors"} <= set(rows[0])
     assert [r["base_output"] for r in rows] == [r["tuned_output"] for r in rows]
     print({k: saved["base"][k] for k in ("precision", "recall", "f1", "valid_json_rate", "exact_match")})
+
+
+# ---------------------------------------------------------------- what evaluation counts, row by row
+
+@pytest.fixture(scope="module")
+def eval_assets(tmp_path_factory):
+    """A tiny BERT encoder (MiniLM tokenizer) and a tiny Llama (SmolLM2 tokenizer), saved like local models."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bad_inputs import Assets
+
+    root = tmp_path_factory.mktemp("eval-assets")
+    return Assets(root)
+
+
+def _read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _evaluate(tmp_path, values: dict, *args: str) -> tuple[dict, list[dict]]:
+    import yaml
+
+    from tunebook import cli
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(values, sort_keys=False))
+    assert cli.main(["evaluate", str(config), *args]) == 0
+    out = tmp_path / "run" / "eval"
+    return json.loads((out / "results.json").read_text()), _read_jsonl(out / "predictions.jsonl")
+
+
+def test_classification_predictions_follow_the_test_file(eval_assets, tmp_path):
+    """Truncated and reordered test rows: every row is scored, predictions.jsonl keeps the file's order
+    and line numbers, and each reported number says over how many rows it was computed."""
+    from bad_inputs import cls_rows, write_jsonl
+
+    labels = ["World", "Sports", "Business"]
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", cls_rows(8, labels))
+    # Labels in no particular order, every third text far longer than data.max_length.
+    test = [{"text": f"held out {label} item {i}" + " and more words" * (20 if i % 3 == 0 else 0), "label": label}
+            for i, label in enumerate(["Business", "World", "World", "Sports", "Business", "Sports", "World"])]
+    (data / "test.jsonl").write_text("\n" + "".join(json.dumps(r) + "\n\n" for r in test))  # lines 2, 4, 6, ...
+    values = eval_assets.base_values("cls", tmp_path / "run")
+    values["data"].update(path=str(data), max_length=12, labels=labels)
+    results, rows = _evaluate(tmp_path, values)
+    assert [r["row"] for r in rows] == [2 + 2 * i for i in range(len(test))]  # the lines of test.jsonl
+    assert [r["input"] for r in rows] == [t["text"] for t in test]
+    assert [r["reference"] for r in rows] == [t["label"] for t in test]
+    assert results["num_examples"] == results["split_rows"] == results["base"]["num_examples"] == len(test)
+    assert results["truncated_rows"] == 3 and results["max_length"] == 12
+    correct = sum(r["base_output"] == r["reference"] for r in rows)
+    assert results["base"]["accuracy"] == pytest.approx(correct / len(test))
+
+
+def test_generation_predictions_follow_the_test_file(eval_assets, tmp_path):
+    """eval.max_examples takes the first rows of the test file, in its order, and says so."""
+    from bad_inputs import gen_rows, write_jsonl
+
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", gen_rows(20))
+    test = list(reversed(gen_rows(6, start=100)))
+    write_jsonl(data / "test.jsonl", test)
+    values = eval_assets.base_values("gen", tmp_path / "run")
+    values["data"]["path"] = str(data)
+    values["eval"].update(max_examples=4, max_new_tokens=3)
+    results, rows = _evaluate(tmp_path, values)
+    assert [r["row"] for r in rows] == [1, 2, 3, 4]
+    assert [r["reference"] for r in rows] == [t["output"] for t in test[:4]]
+    assert [r["input"] for r in rows] == [t["input"] or t["instruction"] for t in test[:4]]
+    assert (results["num_examples"], results["split_rows"], results["base"]["num_examples"]) == (4, 6, 4)
+    assert results["base"]["perplexity_rows"] == 2  # the validation rows carved from train.jsonl (10% of 20)

@@ -284,7 +284,8 @@ def test_drop_overlong_counts_and_drops_training_rows_only(capsys: pytest.Captur
 
 
 def test_drop_overlong_everything_too_long() -> None:
-    with pytest.raises(ValueError, match="Every validation example is longer than max_length=4"):
+    with pytest.raises(ValueError, match=r"data.max_length=4: every validation example is longer \(the shortest "
+                                         r"has 5 tokens\)"):
         drop_overlong(_tokenized({"validation": [5, 6]}), max_length=4)
 
 

@@ -104,6 +104,16 @@ def _end_distributed() -> None:
         dist.destroy_process_group()
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: it must be >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunebook", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show the full traceback of errors too")
@@ -138,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="estimate training or inference memory before a run")
     p.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, Hub id, preset (1b/7b/13b/70b) or size like 3B")
     p.add_argument("--method", default="lora", choices=["full", "lora", "qlora-4bit", "lora-8bit"])
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.add_argument("--seq-len", type=_positive_int, default=512)
+    p.add_argument("--lora-r", type=_positive_int, default=16)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--inference", action="store_true", help="estimate generation instead of training")
     p.set_defaults(func=cmd_estimate)

@@ -314,4 +314,7 @@ def load_and_validate(config: DataConfig) -> tuple[DatasetDict, dict[str, object
                                                          replace=False)
         examples["train"] = [examples["train"][i] for i in sorted(keep)]
     report["split_sizes"] = {s: len(rows) for s, rows in examples.items()}
-    return DatasetDict({s: Dataset.from_list(rows) for s, rows in examples.items()}), report
+    train = Dataset.from_list(examples["train"])
+    # An empty split (a fraction of 0, no file) keeps train's columns, so tokenizing it is a no-op.
+    return DatasetDict({s: Dataset.from_list(rows) if rows else train.select([])
+                        for s, rows in examples.items()}), report

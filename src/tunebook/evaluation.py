@@ -27,12 +27,12 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 
 from .config import DataConfig, EvalConfig, RunConfig
 from .environment import choose_precision, precision_dtype
-from .errors import RunFolderError
+from .errors import DataValidationError, RunFolderError
 from .files import unwritable, write_json, write_text
-from .formatting import IGNORE_INDEX, answer_text, build_prompt, completion_collator, encode_prompt, \
-    prompt_messages, stop_token_ids
+from .formatting import IGNORE_INDEX, answer_text, build_prompt, classification_length_limit, \
+    completion_collator, encode_prompt, prompt_messages, stop_token_ids
 from .log import get_logger
-from .lora import load_adapter
+from .lora import check_adapter_files, load_adapter
 from .metrics import load_metric
 from .metrics.entity_f1 import ERROR_CATEGORIES, categorize_errors, parse_entities
 from .models import load_model, load_tokenizer
@@ -250,7 +250,9 @@ def _evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         return evaluate_classification(model, tokenizer, split.tokenized, split.labels, config.eval.batch_size,
                                        out / f"confusion_matrix_{name}.png", desc=f"classify ({name})")
     result = evaluate_generation(model, tokenizer, split.raw, config.data, config.eval, desc=f"generate ({name})")
-    result["perplexity"] = perplexity(model, split.validation, completion_collator(tokenizer), config.eval.batch_size)
+    if len(split.validation):  # answer perplexity on the validation rows (none: no perplexity)
+        result["perplexity"] = perplexity(model, split.validation, completion_collator(tokenizer),
+                                          config.eval.batch_size)
     result["perplexity_rows"] = len(split.validation)
     if result["task"] == "extraction":
         result["errors"] = error_analysis(result["predictions"], result["references"], result["inputs"])
@@ -275,6 +277,7 @@ class EvalSplit:
             raise RuntimeError("tunebook bug: tokenized and raw evaluation rows are not aligned.")
         self.raw, self.tokenized, self.validation, self.labels = raw, tokenized, validation, labels
         self.name, self.total = name, total
+        self.max_length: int | None = None  # classification: the tokens a text is cut to
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -284,12 +287,22 @@ def evaluation_split(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> E
     """``eval.split`` of the prepared data, capped at ``eval.max_examples`` (its first rows)."""
     prepared = prepare_tokenized(config, tokenizer)
     name, cap = config.eval.split, config.eval.max_examples
+    if len(prepared.raw[name]) == 0:
+        source = prepared.report["sources"].get(name)
+        why = (f"every row of {source} was dropped" if source else
+               f"data.{name}_fraction is {getattr(config.data, f'{name}_fraction')} and {config.data.path} has "
+               f"no {name} file")
+        raise DataValidationError(f"eval.split: the {name} split has no rows to evaluate ({why}). Give a {name} "
+                                  f"file, set data.{name}_fraction above 0, or evaluate the other split (eval.split).")
 
     def capped(dataset: Dataset) -> Dataset:
         return dataset.select(range(min(cap, len(dataset)))) if cap is not None else dataset
 
-    return EvalSplit(capped(prepared.raw[name]), capped(prepared.tokenized[name]),
-                     capped(prepared.tokenized["validation"]), prepared.labels, name, len(prepared.raw[name]))
+    split = EvalSplit(capped(prepared.raw[name]), capped(prepared.tokenized[name]),
+                      capped(prepared.tokenized["validation"]), prepared.labels, name, len(prepared.raw[name]))
+    if config.data.recipe == "classification":
+        split.max_length = classification_length_limit(tokenizer, config.data.max_length)
+    return split
 
 
 def find_adapter(config: RunConfig, adapter_dir: str | None, compare_base: bool) -> Path | None:
@@ -301,6 +314,8 @@ def find_adapter(config: RunConfig, adapter_dir: str | None, compare_base: bool)
                              "--adapter with the adapter folder of a run.")
     if adapter is None and not compare_base:
         raise RunFolderError(f"Nothing to evaluate: no adapter in {default} and the base model is skipped.")
+    if adapter is not None:
+        check_adapter_files(adapter)  # a damaged file stops now, not after the base model's evaluation
     return adapter
 
 
@@ -310,7 +325,10 @@ def write_results(out: Path, config: RunConfig, split: EvalSplit, results: dict[
     task = "classification" if config.data.recipe == "classification" else next(iter(results.values()))["task"]
     summary = {"model": config.model.name, "quantization": config.model.quantization,
                "adapter": str(adapter) if adapter else None, "split": split.name, "num_examples": len(split),
-               "split_rows": split.total, "task": task, **{name: _summary(r) for name, r in results.items()}}
+               "split_rows": split.total, "task": task}
+    if task == "classification":  # texts past the length limit are scored on their first tokens: say how many
+        summary.update(max_length=split.max_length, truncated_rows=sum(split.tokenized["truncated"]))
+    summary.update({name: _summary(r) for name, r in results.items()})
     lines = []
     for i, example in enumerate(split.raw):
         row: dict[str, Any] = {"row": example["row"], "input": example["text"] if task == "classification"

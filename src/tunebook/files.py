@@ -8,8 +8,10 @@ is atomic, so readers see the old folder or the new one, never a mix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,6 +40,32 @@ def atomic_directory(target: str | Path, replace: bool = True) -> Iterator[Path]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+# Why a write fails for want of room or rights (errno -> what the user reads).
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "the disk quota is used up",
+                 errno.EFBIG: "file too large for the file system or its limit", errno.EROFS: "read-only file system",
+                 errno.EACCES: "permission denied"}
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """What went wrong when `exc` (or its cause) is a failed write for lack of room or rights, else None.
+
+    Libraries report the same fault in their own words: OSError (json, matplotlib), safetensors'
+    and tokenizers' "... (os error 28)", torch's "PytorchStreamWriter failed writing file".
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            return f"{_WRITE_ERRNOS[exc.errno]} ({exc.strerror}{': ' + str(exc.filename) if exc.filename else ''})"
+        text = str(exc)
+        if (match := re.search(r"os error (\d+)", text)) and int(match[1]) in _WRITE_ERRNOS:
+            return f"{_WRITE_ERRNOS[int(match[1])]} ({text.strip().splitlines()[0][:160]})"
+        if "failed writing file" in text or "file write failed" in text:
+            return f"a file could not be written, the disk may be full ({text.strip().splitlines()[0][:160]})"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def unwritable(folder: str | Path) -> str | None:

@@ -30,7 +30,7 @@ from datasets import DatasetDict
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from .config import DataConfig
-from .errors import TemplateError
+from .errors import DataValidationError, TemplateError
 from .log import get_logger
 
 logger = get_logger()
@@ -170,6 +170,7 @@ def tokenize_dataset(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, conf
         tokenized = DatasetDict({s: d.map(_encode_text, fn_kwargs={"tokenizer": tokenizer, "limit": limit},
                                           remove_columns=["text"], desc=f"tokenize {s}")
                                  for s, d in data.items()})
+        tokenized = _empty_like_train(tokenized)
         for split, dataset in tokenized.items():
             if cut := sum(dataset["truncated"]):
                 logger.warning(f"{cut} of {len(dataset)} {split} texts are longer than {limit} tokens and "
@@ -181,6 +182,7 @@ def tokenize_dataset(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, conf
                  remove_columns=roles, desc=f"tokenize {s}")
         for s, d in data.items()
     })
+    tokenized = _empty_like_train(tokenized)
     end_id = end_of_turn_id(tokenizer)
     for split, dataset in tokenized.items():
         for i, example in enumerate(dataset):
@@ -188,6 +190,11 @@ def tokenize_dataset(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, conf
     if config.max_length is not None:
         tokenized = drop_overlong(tokenized, config.max_length, splits=("train", "validation"))
     return tokenized
+
+
+def _empty_like_train(tokenized: DatasetDict) -> DatasetDict:
+    """Empty splits (no rows to map, so `map` added no columns) get the tokenized train split's columns."""
+    return DatasetDict({s: d if len(d) else tokenized["train"].select([]) for s, d in tokenized.items()})
 
 
 def _encode_text(example: dict, tokenizer: PreTrainedTokenizerBase, limit: int | None) -> dict:
@@ -211,7 +218,11 @@ def drop_overlong(tokenized: DatasetDict, max_length: int, splits: tuple[str, ..
             logger.warning(f"{dropped} of {len(dataset)} {split} examples are longer than max_length={max_length} "
                            "tokens and were dropped (raise data.max_length to keep them)")
         if not keep:
-            raise ValueError(f"Every {split} example is longer than max_length={max_length}; raise data.max_length.")
+            shortest = min(dataset["length"])
+            raise DataValidationError(
+                f"data.max_length={max_length}: every {split} example is longer (the shortest has {shortest} tokens), "
+                f"so no {split} example is left. Raise data.max_length to {shortest} or more, or set it to null to "
+                "keep every example.")
         out[split] = dataset.select(keep)
     return DatasetDict(out)
 

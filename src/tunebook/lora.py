@@ -21,6 +21,8 @@ the base's dtype under FSDP/ZeRO-3), and gradients flow through the dequantized 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PreTrainedModel
@@ -162,6 +164,24 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 class AdapterError(TunebookError):
     """A saved adapter cannot be attached to this base model."""
+
+
+def check_adapter_files(adapter_dir: str | Path) -> None:
+    """Stop with :class:`AdapterError` when the adapter's files are damaged (cut short, not JSON)."""
+    import json
+
+    from safetensors import safe_open
+
+    adapter_dir = Path(adapter_dir)
+    try:
+        json.loads((adapter_dir / "adapter_config.json").read_text())
+        weights = adapter_dir / "adapter_model.safetensors"
+        if weights.is_file():
+            with safe_open(str(weights), framework="pt"):  # reads the header, checks the file is fully covered
+                pass
+    except Exception as exc:  # noqa: BLE001 - json, OSError and safetensors' own error all mean "damaged"
+        raise AdapterError(f"The adapter files in {adapter_dir} are damaged ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120]}). Train again, or resume its run to save it anew.") from None
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: str, adapter_name: str = "default",

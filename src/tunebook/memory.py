@@ -24,6 +24,7 @@ from typing import Literal
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .errors import TunebookError
 from .lora import TARGET_MODULES_BY_ARCHITECTURE, UnknownTargetModule
 from .models import EMBEDDED_MODELS, resolve_model
 
@@ -70,7 +71,7 @@ OVERHEAD_BYTES = {"cuda": 1 * GiB, "cpu": 0}
 FIT_HEADROOM = 0.9  # "fits" means total <= 90% of the GPU: fragmentation and spikes need room
 
 
-class UnknownModelName(ValueError):
+class UnknownModelName(TunebookError, ValueError):
     """shape_from_name could not turn a name into a model shape; the message lists what works."""
 
 

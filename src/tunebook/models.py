@@ -124,22 +124,57 @@ def resolve_model(name: str) -> str:
 
 
 _MODEL_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                    "spiece.model")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
-def _load_or_explain(loader, name: str, source: str, **kwargs):
-    """Call a `from_pretrained`; turn a folder that holds no model, or a failed Hub download, into one error."""
+def _check_local_folder(name: str, needs: str) -> None:
+    """Stop with one message when the local folder `name` lacks what loading `needs` ("tokenizer"/"weights")."""
     local = Path(name).expanduser()
-    if local.is_dir() and not any((local / f).is_file() for f in _MODEL_FILES):
-        found = sorted(p.name for p in local.iterdir())[:10]
+    if local.is_file():
+        raise ModelNotFound(f"model.name '{name}' is a file; it must be a folder written by save_pretrained "
+                            f"(config.json, weights, tokenizer), an embedded model ({', '.join(EMBEDDED_MODELS)}) "
+                            "or a Hugging Face Hub id.")
+    if not local.is_dir():
+        return
+    files = sorted(p.name for p in local.iterdir())
+    if not any(f in files for f in _MODEL_FILES):
         raise ModelNotFound(
-            f"model.name '{name}' is a folder but holds no model (no {' or '.join(_MODEL_FILES)}; files: {found}). "
+            f"model.name '{name}' is a folder but holds no model (no {' or '.join(_MODEL_FILES)}; files: {files[:10]}). "
             f"Point it at a folder written by save_pretrained, an embedded model ({', '.join(EMBEDDED_MODELS)}) "
             "or a Hugging Face Hub id.")
+    if needs == "tokenizer" and not any(f in files for f in _TOKENIZER_FILES):
+        raise ModelNotFound(f"model.name '{name}' holds no tokenizer files (none of {', '.join(_TOKENIZER_FILES)}; "
+                            f"files: {files[:10]}). Save the tokenizer into the same folder: "
+                            f"tokenizer.save_pretrained('{name}').")
+    if needs == "weights" and not any(f in files for f in _WEIGHT_FILES):
+        if "adapter_config.json" in files:
+            raise ModelNotFound(f"model.name '{name}' is a LoRA adapter, not a model. Set model.name to its base "
+                                "model and pass the adapter to `evaluate --adapter`.")
+        pickles = [f for f in files if f.endswith((".bin", ".pt", ".pth"))]
+        if pickles:
+            raise ModelNotFound(
+                f"model.name '{name}' holds only pickle weights ({pickles[0]}); tunebook loads safetensors only (a "
+                "pickle file can run code when it is loaded). Convert once, in a Python you trust: "
+                f"AutoModelForCausalLM.from_pretrained('{name}').save_pretrained('{name}-safetensors'), and point "
+                "model.name there.")
+        raise ModelNotFound(f"model.name '{name}' holds no weights (no model.safetensors; files: {files[:10]}). "
+                            "Point it at a folder written by save_pretrained.")
+
+
+def _load_or_explain(loader, name: str, source: str, needs: str = "weights", **kwargs):
+    """Call a `from_pretrained`; turn a folder that lacks or breaks a model, or a failed Hub download, into one error."""
+    _check_local_folder(name, needs)
     try:
         return loader(source, **kwargs)
-    except OSError as exc:
-        if source != name or Path(name).exists():
-            raise  # a local folder that is broken: the original error is the useful one
+    except Exception as exc:  # noqa: BLE001 - sorted below; anything else is re-raised unchanged
+        if Path(name).expanduser().is_dir() and (type(exc).__name__ == "SafetensorError" or "deserializ" in str(exc)):
+            raise ModelNotFound(f"The weights in model.name '{name}' are damaged ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:120]}); model.safetensors may be cut short. Copy or "
+                                "save the model again.") from None
+        if not isinstance(exc, OSError) or source != name or Path(name).exists():
+            raise  # a local folder that is broken otherwise: the original error is the useful one
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFound(
             f"Could not load '{name}': it is not a local folder, not an embedded model, and the "
@@ -152,7 +187,7 @@ def _load_or_explain(loader, name: str, source: str, **kwargs):
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer for `name`. Decoder-only models get a pad token if they lack one (needed to batch)."""
     tokenizer = _load_or_explain(
-        AutoTokenizer.from_pretrained, name, resolve_model(name), trust_remote_code=trust_remote_code
+        AutoTokenizer.from_pretrained, name, resolve_model(name), needs="tokenizer", trust_remote_code=trust_remote_code
     )
     if tokenizer.pad_token is None:
         # Reusing EOS as pad is safe here because tunebook builds labels from token positions,

@@ -33,12 +33,32 @@ class Prepared:
         return self.report.get("labels")
 
 
+def model_context(tokenizer: PreTrainedTokenizerBase) -> tuple[int, str] | None:
+    """Tokens the model was trained to read, and where that number comes from (None: unknown).
+
+    The tokenizer's model_max_length when it sets one, else the model config's position limit
+    (SmolLM2's tokenizer says "no limit"; its config.json says 8192).
+    """
+    if tokenizer.model_max_length < 1_000_000:
+        return tokenizer.model_max_length, "tokenizer.model_max_length"
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(tokenizer.name_or_path)
+    except Exception:  # noqa: BLE001 - a tokenizer without a model folder beside it: nothing to compare with
+        return None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key), f"{key} in its config.json"
+    return None
+
+
 def check_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> None:
     """``data.max_length`` past the model's context would train positions the model never learnt."""
-    limit = tokenizer.model_max_length
-    if max_length is not None and limit < 1_000_000 and max_length > limit:
-        raise ConfigError(f"data.max_length: {max_length} is longer than the model's context ({limit} tokens, "
-                          f"tokenizer.model_max_length). Set data.max_length <= {limit}, or null.")
+    context = model_context(tokenizer) if max_length is not None else None
+    if context is not None and max_length > context[0]:
+        raise ConfigError(f"data.max_length: {max_length} is longer than the model's context ({context[0]} tokens, "
+                          f"{context[1]}). Set data.max_length <= {context[0]}, or null.")
 
 
 def prepare_tokenized(config: RunConfig, tokenizer: PreTrainedTokenizerBase,

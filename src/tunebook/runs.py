@@ -184,11 +184,14 @@ def start_run(config: RunConfig, resume: bool = False, overwrite: bool = False,
     return None
 
 
-def discard_unstarted_run(run_dir: Path) -> None:
-    """After a failure before the first checkpoint: remove what this run wrote, so a retry starts clean."""
+def discard_unstarted_run(run_dir: Path) -> Path | None:
+    """After a failure: keep a run that saved a complete checkpoint (returned), else remove what it wrote.
+
+    So a retry after a failure before the first checkpoint finds no run that never was.
+    """
     checkpoints = run_dir / "checkpoints"
-    if checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*")):
-        return
+    with contextlib.suppress(RunFolderError, OSError):
+        return last_complete_checkpoint(checkpoints, remove_broken=False, verbose=False)
     for name in ("config.yaml", "length_histogram.png", "checkpoints"):
         path = run_dir / name
         if path.is_dir():
@@ -197,6 +200,7 @@ def discard_unstarted_run(run_dir: Path) -> None:
             path.unlink()
     with contextlib.suppress(OSError):
         run_dir.rmdir()  # only when empty: the folder may hold the user's own files (prepared/, notes)
+    return None
 
 
 def save_adapter(model: torch.nn.Module, adapter_dir: Path) -> None:

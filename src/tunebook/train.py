@@ -27,8 +27,8 @@ from transformers import (DataCollatorWithPadding, PreTrainedModel, PreTrainedTo
 
 from .config import RunConfig
 from .environment import Decision, choose_device, choose_precision, environment_report, precision_dtype
-from .errors import ConfigError, TunebookError
-from .files import write_json
+from .errors import ConfigError, RunFolderError, TunebookError
+from .files import write_failure, write_json
 from .formatting import completion_collator
 from .log import get_logger, is_main_process
 from .lora import apply_lora, count_parameters
@@ -119,26 +119,41 @@ class DivergenceGuard(TrainerCallback):
     A NaN/inf loss stops at once (`TunebookTrainer.training_step`). A finite blow-up is a logged
     loss above both twice and one nat more than the first logged loss: a learning rate far too
     high drives the model to a flat distribution over the vocabulary (loss -> ln(vocab), ~10.8 for
-    SmolLM2) with zero gradients, which no healthy fine-tuning run comes near.
+    SmolLM2) with zero gradients, which no healthy fine-tuning run comes near. A model that starts
+    near that flat distribution (a random one) cannot blow up; there the same fault shows as a
+    collapse: for COLLAPSE_LOGS logs in a row the gradient norm stays under 1/20 of its first logged
+    value while the loss has not fallen by a tenth. Healthy runs whose gradients shrink that much
+    got there by lowering the loss.
     """
+
+    COLLAPSE_LOGS = 3
 
     def __init__(self, learning_rate: float):
         self.learning_rate = learning_rate
         self.history: list[tuple[int, float]] = []
+        self.grad_norms: list[float] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
             return
         loss = float(logs["loss"])
         self.history.append((state.global_step, loss))
+        if logs.get("grad_norm") is not None:
+            self.grad_norms.append(float(logs["grad_norm"]))
         first = self.history[0][1]
-        if math.isfinite(loss) and not (len(self.history) > 1 and loss > 2 * first and loss > first + 1.0):
-            return
         shown = ", ".join(f"step {step}: {value:.3g}" for step, value in self.history[-6:])
-        raise TrainingDiverged(
-            f"Training diverged at step {state.global_step}: the loss went from {first:.3g} to {loss:.3g} "
-            f"({shown}). Likely cause: train.learning_rate={self.learning_rate:g} is too high (LoRA trains "
-            "well at 1e-4 to 2e-3). The adapter was not saved; lower the rate and train again with --overwrite.")
+        cause = (f"Likely cause: train.learning_rate={self.learning_rate:g} is too high (LoRA trains well at 1e-4 "
+                 "to 2e-3). The adapter was not saved; lower the rate and train again.")
+        if not math.isfinite(loss) or (len(self.history) > 1 and loss > 2 * first and loss > first + 1.0):
+            raise TrainingDiverged(f"Training diverged at step {state.global_step}: the loss went from {first:.3g} "
+                                   f"to {loss:.3g} ({shown}). {cause}")
+        recent = self.grad_norms[-self.COLLAPSE_LOGS:]
+        if (len(self.grad_norms) > self.COLLAPSE_LOGS and all(g < self.grad_norms[0] / 20 for g in recent)
+                and all(value > 0.9 * first for _, value in self.history[-self.COLLAPSE_LOGS:])):
+            raise TrainingDiverged(
+                f"Training collapsed at step {state.global_step}: the gradient norm fell from "
+                f"{self.grad_norms[0]:.3g} to {recent[-1]:.3g} while the loss stayed near its start ({shown}); the "
+                f"model's outputs saturated and it stopped learning. {cause}")
 
 
 def choose_optimizer(config: RunConfig, device: str) -> Decision[str]:
@@ -306,10 +321,15 @@ def run_training(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     resume_from = start_run(config, resume, overwrite, is_main_process())
     try:
         return _train(config, run_dir, decisions, tokenizer, prepared, args, model, resume_from)
-    except Exception:
-        if resume_from is None and is_main_process():
-            discard_unstarted_run(run_dir)  # nothing to resume: a retry must not find a run that never was
-        raise
+    except Exception as exc:
+        kept = discard_unstarted_run(run_dir) if is_main_process() and resume_from is None else None
+        if (reason := write_failure(exc)) is None:
+            raise
+        resume_hint = (f"`train --resume` continues from {kept.name}" if kept else
+                       "nothing was saved, so train again" if resume_from is None else
+                       f"`train --resume` continues from the last complete checkpoint")
+        raise RunFolderError(f"Writing the run into {run_dir} failed: {reason}. Free disk space, or set "
+                             f"train.output_dir to a folder with room that you can write; {resume_hint}.") from exc
 
 
 def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: PreTrainedTokenizerBase,
