@@ -6,6 +6,7 @@
     <run>-<quant>.gguf   weights + architecture + tokenizer + chat template (llama.cpp, Ollama, LM Studio)
     Modelfile            for `ollama create` (tunebook.ollama)
     verification.json    what the checks below measured, each number with the rows it covers
+    predictions.jsonl    per row: input, reference, and the adapter's, merged and exported answers
 
 Steps: the adapter is merged into full-precision base weights with
 :func:`tunebook.inference.merge_adapter` (a QLoRA adapter into the *dequantized* 4/8-bit base, as
@@ -28,6 +29,7 @@ export never replaces an earlier one unless ``overwrite=True`` (``--overwrite``)
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -90,12 +92,17 @@ def compare_weights(merged: PreTrainedModel, exported: PreTrainedModel, quant: s
             "weights_exact": exact if quant in ("f16", "bf16") else None}
 
 
-def compare_logits(model_a: PreTrainedModel, model_b: PreTrainedModel, prompts: list[list[int]]) -> dict[str, Any]:
+def compare_logits(model_a, model_b, prompts: list[list[int]]) -> dict[str, Any]:
     """Max abs difference of next-token logits over every position of `prompts` (fp32), and how
-    often the two models' top token agrees."""
+    often the two models' top token agrees. A model is a transformers model or a function
+    ``ids -> logits`` (llama.cpp's, in tunebook.llamacpp)."""
+    def as_function(model):
+        return (lambda ids: _logits(model, ids)) if isinstance(model, torch.nn.Module) else model
+
+    logits_a, logits_b = as_function(model_a), as_function(model_b)
     diff, agree, positions = 0.0, 0, 0
     for ids in prompts:
-        a, b = _logits(model_a, ids), _logits(model_b, ids)
+        a, b = logits_a(ids), logits_b(ids)
         diff = max(diff, float((a - b).abs().max()))
         agree += int((a.argmax(-1) == b.argmax(-1)).sum())
         positions += len(ids)
@@ -148,6 +155,9 @@ def verify_export(gguf_path: str | Path, merged: PreTrainedModel, merged_tokeniz
         else ["exact_match", "token_f1", "rouge_l"]
     report["task_metric"] = {"task": task, "rows": len(split),
                              **{name: {k: r.get(k) for k in keys} for name, r in results.items()}}
+    # Per row, for predictions.jsonl (export_run writes it and drops this key from the JSON summary).
+    report["predictions"] = [{"input": results["merged"]["inputs"][i], "reference": results["merged"]["references"][i],
+                              **{name: r["predictions"][i] for name, r in results.items()}} for i in range(len(split))]
     return report
 
 
@@ -207,8 +217,10 @@ def export_run(config: RunConfig, quant: str = "f16", fmt: str = "gguf", adapter
                                    "base_quantization": config.model.quantization}
         if verify:
             summary.update(verify_export(gguf_path, merged, tokenizer, config, quant, adapter, quantization))
+            rows = summary.pop("predictions")
+            (staging / "predictions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             for line in _summary_lines(summary):
                 logger.info(line)
         write_json(staging / "verification.json", summary)
-    logger.info(f"export written to {target}/ (GGUF, Modelfile, verification.json)")
+    logger.info(f"export written to {target}/ (GGUF, Modelfile, verification.json{', predictions.jsonl' if verify else ''})")
     return summary
