@@ -141,6 +141,27 @@ def test_tied_embeddings_write_no_output_tensor(small_tokenizer, tmp_path):
     assert (logits(reloaded, ids) - logits(tied, ids)).abs().max() < 2e-3
 
 
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2"])
+def test_mistral_and_qwen2_round_trip(small_tokenizer, tmp_path, model_type):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, vocab_size=len(small_tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=256, eos_token_id=small_tokenizer.eos_token_id,
+                                  tie_word_embeddings=model_type == "qwen2")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    path = write_gguf(model, small_tokenizer, tmp_path / f"{model_type}.gguf", "f16")
+    names = {t.name for t in gguf.GGUFReader(path).tensors}
+    # Qwen2 has q/k/v biases and runs llama.cpp's NEOX rope (no permutation); Mistral is llama.cpp's Llama graph.
+    assert ("blk.0.attn_q.bias" in names) == (model_type == "qwen2")
+    assert gguf.GGUFReader(path).fields["general.architecture"].contents() == \
+        {"mistral": "llama", "qwen2": "qwen2"}[model_type]
+    reloaded, _ = load_gguf_model(path)
+    ids = small_tokenizer(TEXTS[0])["input_ids"]
+    assert (logits(reloaded, ids) - logits(model, ids)).abs().max() < 2e-3
+
+
 def test_rope_permute_interleaves_the_halves_of_each_head():
     rows = torch.arange(8.0).reshape(8, 1)  # 2 heads of 4 rows
     assert rope_permute(rows, n_heads=2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]

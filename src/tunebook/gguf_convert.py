@@ -229,7 +229,9 @@ def write_gguf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(tmp, arch=gguf.MODEL_ARCH_NAMES[spec.arch])
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(name or str(getattr(config, "name_or_path", "") or config.model_type))
+    # Never exactly "mistral": transformers 5.24 then reads the file as a "mistral" architecture that
+    # its GGUF reader cannot map (llama.cpp runs Mistral as "llama"), and the reload fails.
+    writer.add_name(name or Path(getattr(config, "name_or_path", "") or "").name or f"tunebook {config.model_type}")
     if description:
         writer.add_description(description)
     writer.add_context_length(config.max_position_embeddings)
