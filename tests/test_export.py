@@ -249,6 +249,36 @@ def test_export_refuses_to_replace_an_earlier_one(run):
     assert gguf_file.stat().st_mtime_ns == before
 
 
+def test_qlora_run_is_exported_from_the_dequantized_base(run, tmp_path):
+    """A run trained on a 4-bit base (its config.yaml says so) is merged into the dequantized base."""
+    pytest.importorskip("bitsandbytes")
+    import shutil
+
+    import yaml
+
+    from tunebook.config import config_to_dict
+    from tunebook.inference import _merge_full_precision
+
+    config, _ = run
+    folder = tmp_path / "qlora-run"
+    shutil.copytree(Path(config.train.output_dir) / "adapter", folder / "adapter")
+    values = config_to_dict(config)
+    values["model"]["quantization"] = "4bit"
+    values["train"]["output_dir"] = str(folder)
+    (folder / "config.yaml").write_text(yaml.safe_dump(values))
+    qlora_config = load_config(folder / "config.yaml")
+    summary = export_run(qlora_config, "f16", verify=False)
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(folder / "export" / "f16", gguf_file=summary["file"])
+    dequantized = _merge_full_precision(config.model.name, folder / "adapter", "4bit")
+    full_precision = _merge_full_precision(config.model.name, folder / "adapter", None)
+    state = exported.state_dict()
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(state[name], dequantized.state_dict()[name].half().float())
+    assert not torch.equal(state[name], full_precision.state_dict()[name].half().float())
+
+
 def test_exported_smollm_tokenizer_round_trips_the_chat_template(run, smollm_tokenizer):
     config, summary = run
     from transformers import AutoTokenizer
