@@ -116,7 +116,9 @@ def test_q8_0_reloads_close_and_smaller(exports, small_tokenizer):
 def test_file_metadata_follows_the_config(exports, small_tokenizer):
     model, files, _ = exports
     fields = gguf.GGUFReader(files["f16"]).fields
-    value = lambda key: fields[key].contents()  # noqa: E731
+    def value(key):
+        return fields[key].contents()
+
     assert value("general.architecture") == "llama"
     assert value("llama.attention.head_count") == 4 and value("llama.attention.head_count_kv") == 2
     assert value("llama.rope.freq_base") == pytest.approx(model.config.rope_parameters["rope_theta"])
@@ -226,8 +228,9 @@ def run(tiny_model_dir, tmp_path_factory):
 def test_export_writes_gguf_modelfile_and_verification(run):
     config, summary = run
     folder = Path(config.train.output_dir) / "export" / "f16"
-    assert {p.name for p in folder.iterdir()} == {"Modelfile", f"{folder.parent.parent.name}-f16.gguf",
-                                                  "predictions.jsonl", "verification.json"}
+    assert summary["file"] == f"{Path(config.train.output_dir).name}-f16.gguf"  # named after the run
+    assert {p.name for p in folder.iterdir()} == {"Modelfile", summary["file"], "predictions.jsonl",
+                                                  "verification.json"}
     saved = json.loads((folder / "verification.json").read_text())
     assert saved["rows"] == 3 and saved["weights"]["weights_exact"] is True
     assert saved["logits"]["max_abs_diff"] < 2e-3 and saved["logits"]["positions"] > 100
@@ -259,7 +262,7 @@ def test_qlora_run_is_exported_from_the_dequantized_base(run, tmp_path):
     from tunebook.config import config_to_dict
     from tunebook.inference import _merge_full_precision
 
-    config, _ = run
+    config = run[0]
     folder = tmp_path / "qlora-run"
     shutil.copytree(Path(config.train.output_dir) / "adapter", folder / "adapter")
     values = config_to_dict(config)
@@ -283,7 +286,8 @@ def test_exported_smollm_tokenizer_round_trips_the_chat_template(run, smollm_tok
     config, summary = run
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(Path(config.train.output_dir) / "export" / "f16", gguf_file=summary["file"])
+    folder = Path(config.train.output_dir) / "export" / "f16"
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=summary["file"])
     assert tokenizer.chat_template == smollm_tokenizer.chat_template
     for add_generation_prompt in (True, False):
         text = smollm_tokenizer.apply_chat_template(CONVERSATION, tokenize=False,
@@ -299,7 +303,7 @@ def test_exported_smollm_tokenizer_round_trips_the_chat_template(run, smollm_tok
 
 def render_ollama(template: str, messages: list[dict[str, str]]) -> str:
     """Render the Modelfile's ChatML template the way Go's text/template would (only what it uses)."""
-    match = re.fullmatch(r"\{\{- range \.Messages \}\}(.*?)\{\{ end \}\}(.*)", template, flags=re.S)
+    match = re.fullmatch(r"\{\{- range \.Messages \}\}(.*?)\{\{ end \}\}(.*)", template, flags=re.DOTALL)
     assert match, template
     body, tail = match.groups()
     return "".join(body.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"])
@@ -309,11 +313,11 @@ def render_ollama(template: str, messages: list[dict[str, str]]) -> str:
 def test_modelfile_from_template_stop_and_greedy(run, smollm_tokenizer):
     config, summary = run
     text = (Path(config.train.output_dir) / "export" / "f16" / "Modelfile").read_text()
-    assert re.search(rf"^FROM \./{re.escape(summary['file'])}$", text, flags=re.M)
+    assert re.search(rf"^FROM \./{re.escape(summary['file'])}$", text, flags=re.MULTILINE)
     assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER temperature 0" in text
     assert "PARAMETER repeat_penalty 1" in text
     assert f'SYSTEM """{config.data.system_prompt}"""' in text
-    template = re.search(r'^TEMPLATE """(.*?)"""$', text, flags=re.S | re.M).group(1)
+    template = re.search(r'^TEMPLATE """(.*?)"""$', text, flags=re.DOTALL | re.MULTILINE).group(1)
     # Ollama's rendering of a conversation is the chat template's, byte for byte.
     expected = build_prompt(smollm_tokenizer, CONVERSATION)
     assert render_ollama(template, CONVERSATION) == expected
@@ -337,7 +341,7 @@ def test_llama_cpp_runs_the_export_like_transformers(exports, small_tokenizer):
     pytest.importorskip("llama_cpp")
     from tunebook.llamacpp import load_llama, llama_logits
 
-    model, files, reloaded = exports
+    _, files, reloaded = exports
     llm = load_llama(files["f16"], n_ctx=128, logits_all=True)
     ids = small_tokenizer(TEXTS[0])["input_ids"]
     assert llm.tokenize(TEXTS[0].encode(), add_bos=False, special=True) == ids

@@ -164,17 +164,18 @@ def verify_export(gguf_path: str | Path, merged: PreTrainedModel, merged_tokeniz
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     metric = report["task_metric"]
     key = "f1" if metric["task"] == "extraction" else "token_f1"
-    scores = ", ".join(f"{name} {metric[name][key]:.3f}" for name in ("adapter", "merged", "exported") if name in metric)
+    scores = ", ".join(f"{name} {metric[name][key]:.3f}" for name in ("adapter", "merged", "exported")
+                       if name in metric)
     weights = report["weights"]
     return [
         f"{report['file']}: {report['bytes'] / 2**20:.1f} MiB",
         f"weights: max abs diff {weights['max_abs_diff']:.3g} over {weights['tensors']} tensors"
         + (f" (every weight equals the merged one rounded to {report['quant']}: {weights['weights_exact']})"
            if weights["weights_exact"] is not None else ""),
-        f"logits vs merged: max abs diff {report['logits']['max_abs_diff']:.3g} over {report['logits']['positions']} "
-        f"positions of {report['logits']['prompts']} prompts; top-1 agreement {report['logits']['top1_agreement']:.4f}",
-        f"tokenizer from the file: identical prompt ids on {report['tokenizer']['identical_prompt_ids']}"
-        f"/{report['tokenizer']['rows']} rows",
+        (f"logits vs merged: max abs diff {report['logits']['max_abs_diff']:.3g} over {report['logits']['positions']} "
+         f"positions of {report['logits']['prompts']} prompts; top-1 agreement {report['logits']['top1_agreement']:.4f}"),
+        (f"tokenizer from the file: identical prompt ids on {report['tokenizer']['identical_prompt_ids']}"
+         f"/{report['tokenizer']['rows']} rows"),
         f"greedy answers identical to merged: {report['greedy']['identical_to_merged']}/{report['greedy']['rows']} rows",
         f"{key} on {metric['rows']} {report['split']} rows: {scores}",
     ]
@@ -222,5 +223,6 @@ def export_run(config: RunConfig, quant: str = "f16", fmt: str = "gguf", adapter
             for line in _summary_lines(summary):
                 logger.info(line)
         write_json(staging / "verification.json", summary)
-    logger.info(f"export written to {target}/ (GGUF, Modelfile, verification.json{', predictions.jsonl' if verify else ''})")
+    written = "GGUF, Modelfile, verification.json" + (", predictions.jsonl" if verify else "")
+    logger.info(f"export written to {target}/ ({written})")
     return summary

@@ -42,8 +42,9 @@ def require_llama_cpp():
     try:
         import llama_cpp
     except ImportError as exc:
-        raise ImportError("llama-cpp-python is not installed. Run `make llama-cpp` or `pip install -r "
-                          "requirements-llamacpp.txt` (it compiles llama.cpp: about 20-30 minutes on 2 CPU cores).") from exc
+        raise ImportError("llama-cpp-python is not installed. Run `make llama-cpp-setup` or `pip install -r "
+                          "requirements-llamacpp.txt` (it compiles llama.cpp from source; see docs/export.md "
+                          "for how long that takes).") from exc
     return llama_cpp
 
 

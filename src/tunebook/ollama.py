@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from .config import RunConfig
@@ -55,7 +56,7 @@ def chatml_parts(tokenizer: PreTrainedTokenizerBase) -> dict | None:
     try:
         rendered = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
         without_system = tokenizer.apply_chat_template(probe[1:2], tokenize=False, add_generation_prompt=True)
-    except Exception:  # a template that rejects these roles is not plain ChatML
+    except (TemplateError, ValueError, KeyError, TypeError):  # a template rejecting these roles is not ChatML
         return None
     if rendered != _chatml(probe) + f"{CHATML_START}assistant\n":
         return None
@@ -63,7 +64,7 @@ def chatml_parts(tokenizer: PreTrainedTokenizerBase) -> dict | None:
     if without_system == tail:
         return {"default_system": None}
     match = re.fullmatch(re.escape(CHATML_START) + r"system\n(.*?)" + re.escape(CHATML_END) + r"\n", without_system[
-        :len(without_system) - len(tail)], flags=re.S) if without_system.endswith(tail) else None
+        :len(without_system) - len(tail)], flags=re.DOTALL) if without_system.endswith(tail) else None
     return {"default_system": match.group(1)} if match else None
 
 
