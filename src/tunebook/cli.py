@@ -105,7 +105,7 @@ def cmd_llama_cpp(args: argparse.Namespace) -> int:
     from .llamacpp import run_llama_cpp
 
     try:
-        run_llama_cpp(_config(args), quant=args.quant, gguf_path=args.gguf, out_dir=args.out)
+        run_llama_cpp(_config(args), quant=args.quant, gguf_path=args.gguf, out_dir=args.out, n_threads=args.threads)
     except (FileNotFoundError, ImportError) as exc:
         print(f"tunebook: {exc}", file=sys.stderr)
         return 1
@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", default="q8_0", choices=["f16", "bf16", "q8_0"], help="which export (default q8_0)")
     p.add_argument("--gguf", help="the .gguf file (default: the one in <train.output_dir>/export/<quant>/)")
     p.add_argument("--out", help="export folder given to `export --out` (default: <train.output_dir>/export)")
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores; 1 is faster on a busy CPU)")
 
     p = sub.add_parser("estimate", help="estimate training or inference memory before a run")
     p.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, Hub id, preset (1b/7b/13b/70b) or size like 3B")

@@ -48,11 +48,16 @@ def require_llama_cpp():
     return llama_cpp
 
 
-def load_llama(gguf_path: str | Path, n_ctx: int = 512, logits_all: bool = False):
-    """A ``llama_cpp.Llama`` for `gguf_path` on every CPU core; logits_all keeps every position's logits."""
+def load_llama(gguf_path: str | Path, n_ctx: int = 512, logits_all: bool = False, n_threads: int | None = None):
+    """A ``llama_cpp.Llama`` for `gguf_path`; logits_all keeps every position's logits.
+
+    n_threads defaults to every CPU core. On a machine busy with other work, 1 can be much faster:
+    llama.cpp's threads meet at a barrier after every operation, and a thread the OS has parked
+    makes the others wait for it.
+    """
     llama_cpp = require_llama_cpp()
-    return llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=os.cpu_count(), logits_all=logits_all,
-                           seed=0, verbose=False)
+    return llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                           logits_all=logits_all, seed=0, verbose=False)
 
 
 def llama_logits(llm, ids: list[int]) -> torch.Tensor:
@@ -69,7 +74,8 @@ def chat_answer(llm, messages: list[dict[str, str]], max_new_tokens: int) -> str
     return (out["choices"][0]["message"]["content"] or "").strip()
 
 
-def evaluate_llama_cpp(config: RunConfig, gguf_path: str | Path, logit_prompts: int = 8) -> dict[str, Any]:
+def evaluate_llama_cpp(config: RunConfig, gguf_path: str | Path, logit_prompts: int = 8,
+                       n_threads: int | None = None) -> dict[str, Any]:
     """Score `gguf_path` in llama.cpp on ``eval.split`` (capped at ``eval.max_examples``).
 
     Compared with the base model's tokenizer (prompt ids), the transformers-merged model (logits
@@ -81,7 +87,7 @@ def evaluate_llama_cpp(config: RunConfig, gguf_path: str | Path, logit_prompts: 
     split = load_and_validate(config.data)[0][config.eval.split]
     if config.eval.max_examples is not None:
         split = split.select(range(min(config.eval.max_examples, len(split))))
-    llm = load_llama(gguf_path, logits_all=True)
+    llm = load_llama(gguf_path, logits_all=True, n_threads=n_threads)
     conversations = [prompt_messages(example, config.data) for example in split]
     ids = [encode_prompt(tokenizer, build_prompt(tokenizer, messages)) for messages in conversations]
     same_ids = sum(llm.tokenize(build_prompt(tokenizer, m).encode(), add_bos=False, special=True) == x
@@ -106,8 +112,10 @@ def evaluate_llama_cpp(config: RunConfig, gguf_path: str | Path, logit_prompts: 
     report["task_metric"] = {"task": task, "rows": len(split), "llama_cpp": {k: scores.get(k) for k in keys}}
     exported = gguf_path.parent / "predictions.jsonl"
     if exported.is_file():
-        rows = [json.loads(line) for line in exported.read_text().splitlines()]
-        if len(rows) == len(predictions):
+        # Both are the first rows of the same split, so a shorter run compares on its own rows.
+        rows = [json.loads(line) for line in exported.read_text().splitlines()][:len(predictions)]
+        if len(rows) == len(predictions) and all(r["input"] == example_input(ex, config.data)
+                                                 for r, ex in zip(rows, split)):
             same = sum(row["exported"] == p for row, p in zip(rows, predictions))
             report["greedy"] = {"rows": len(rows), "identical_to_transformers_exported": same}
     report["predictions"] = [{"input": example_input(ex, config.data), "llama_cpp": p}
@@ -116,7 +124,7 @@ def evaluate_llama_cpp(config: RunConfig, gguf_path: str | Path, logit_prompts: 
 
 
 def run_llama_cpp(config: RunConfig, quant: str = "q8_0", gguf_path: str | Path | None = None,
-                  out_dir: str | Path | None = None) -> dict[str, Any]:
+                  out_dir: str | Path | None = None, n_threads: int | None = None) -> dict[str, Any]:
     """Score an export in llama.cpp and write ``llama_cpp.json`` next to it; return the report.
 
     gguf_path defaults to the ``.gguf`` file of ``<out_dir or <train.output_dir>/export>/<quant>/``
@@ -130,7 +138,7 @@ def run_llama_cpp(config: RunConfig, quant: str = "q8_0", gguf_path: str | Path 
             raise FileNotFoundError(f"Expected one .gguf file in '{folder}', found {len(found)}. Run `python -m "
                                     f"tunebook export CONFIG --quant {quant}` first, or pass --gguf.")
         gguf_path = found[0]
-    report = evaluate_llama_cpp(config, gguf_path)
+    report = evaluate_llama_cpp(config, gguf_path, n_threads=n_threads)
     write_json(Path(gguf_path).parent / "llama_cpp.json", report)
     metric = report["task_metric"]
     key = "f1" if metric["task"] == "extraction" else "token_f1"
