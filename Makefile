@@ -48,3 +48,27 @@ data: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# --- GGUF export (docs/export.md) ----------------------------------------------------------------
+# Export a trained run to GGUF and verify it:  make export [QUANT=f16|bf16|q8_0] [EXPORT_CONFIG=...]
+# An earlier export of the same QUANT is never replaced silently: add EXPORT_FLAGS=--overwrite.
+EXPORT_CONFIG  ?= configs/smollm2-135m-instruct/lora.yaml
+QUANT          ?= q8_0
+EXPORT_FLAGS   ?=
+LLAMACPP_STAMP := $(VENV)/.llamacpp-installed
+.PHONY: export llama-cpp llama-cpp-setup
+
+export: setup
+	$(PY) -m tunebook export $(EXPORT_CONFIG) --format gguf --quant $(QUANT) $(EXPORT_FLAGS)
+
+# llama-cpp-python compiles llama.cpp from source on install (tens of minutes on 2 cores), so it is
+# installed only by these targets, never by `make setup` or `make test`.
+llama-cpp-setup: $(LLAMACPP_STAMP)
+
+$(LLAMACPP_STAMP): requirements-llamacpp.txt $(STAMP)
+	$(PY) -m pip install --no-binary llama-cpp-python -r requirements-llamacpp.txt
+	touch $(LLAMACPP_STAMP)
+
+# Run the export in llama.cpp itself and score it on the test split (after `make export`).
+llama-cpp: setup $(LLAMACPP_STAMP)
+	$(PY) -m tunebook llama-cpp $(EXPORT_CONFIG) --quant $(QUANT)

@@ -15,6 +15,9 @@ One module per pipeline stage:
 - `tunebook.evaluation`   task metrics before and after training (`tunebook.metrics`: offline
                           `evaluate` modules loaded by path)
 - `tunebook.inference`    adapters at inference, merging, several adapters on one base
+- `tunebook.export`       merged model -> GGUF file, verified against the merged model
+                          (`gguf_convert`: the GGUF writer; `ollama`: the Modelfile;
+                          `llamacpp`: the file run and scored in llama.cpp, optional)
 - `tunebook.memory`       memory estimates before you rent a GPU
 - `tunebook.plots`        loss curves, length histograms, confusion matrices (PNG)
 - `tunebook.files`        atomic saves

@@ -5,6 +5,8 @@
     python -m tunebook train    configs/smollm2-135m-instruct/lora.yaml [--set train.max_steps=20] [--resume]
     python -m tunebook evaluate configs/smollm2-135m-instruct/lora.yaml [--adapter runs/smollm2-lora/adapter]
     python -m tunebook estimate --model 7b --method qlora-4bit --seq-len 2048
+    python -m tunebook export   configs/smollm2-135m-instruct/lora.yaml --format gguf --quant q8_0 [--overwrite]
+    python -m tunebook llama-cpp configs/smollm2-135m-instruct/lora.yaml --quant q8_0   (needs llama-cpp-python)
     python -m tunebook demo     (prepare -> train -> evaluate base vs tuned, on the embedded defaults)
 
 Multi-GPU: ``accelerate launch -m tunebook train CONFIG`` runs this same entry point on every rank.
@@ -96,6 +98,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    try:
+        export_run(_config(args), quant=args.quant, fmt=args.format, adapter_dir=args.adapter, out_dir=args.out,
+                   overwrite=args.overwrite, verify=not args.no_verify)
+    except (FileExistsError, FileNotFoundError) as exc:
+        print(f"tunebook: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_llama_cpp(args: argparse.Namespace) -> int:
+    from .llamacpp import run_llama_cpp
+
+    try:
+        run_llama_cpp(_config(args), quant=args.quant, gguf_path=args.gguf, out_dir=args.out, n_threads=args.threads)
+    except (FileNotFoundError, ImportError) as exc:
+        print(f"tunebook: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _end_distributed() -> None:
     # Without this, gloo/NCCL process groups can abort at interpreter exit (seen ~1 run in 4).
     import torch.distributed as dist
@@ -144,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     p = with_config("demo", "prepare -> train -> evaluate on the embedded defaults", cmd_demo, config_required=False)
     p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p = with_config("export", "merge the adapter and write a GGUF file (llama.cpp, Ollama), then verify it", cmd_export)
+    p.add_argument("--format", default="gguf", choices=["gguf"], help="file format (default gguf)")
+    p.add_argument("--quant", default="f16", choices=["f16", "bf16", "q8_0"], help="weight type (default f16)")
+    p.add_argument("--adapter", help="adapter folder (default: <train.output_dir>/adapter)")
+    p.add_argument("--out", help="output folder (default: <train.output_dir>/export); files go to <out>/<quant>/")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export of the same quant")
+    p.add_argument("--no-verify", action="store_true", help="skip reloading and scoring the file (minutes on CPU)")
+    p = with_config("llama-cpp", "score an exported GGUF in llama.cpp (needs llama-cpp-python)", cmd_llama_cpp)
+    p.add_argument("--quant", default="q8_0", choices=["f16", "bf16", "q8_0"], help="which export (default q8_0)")
+    p.add_argument("--gguf", help="the .gguf file (default: the one in <train.output_dir>/export/<quant>/)")
+    p.add_argument("--out", help="export folder given to `export --out` (default: <train.output_dir>/export)")
+    p.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores; 1 is faster on a busy CPU)")
 
     p = sub.add_parser("estimate", help="estimate training or inference memory before a run")
     p.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, Hub id, preset (1b/7b/13b/70b) or size like 3B")
