@@ -18,7 +18,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, make_tiny_llama
 
-from tunebook.config import LoraConfigSettings, load_config
+from tunebook.errors import RunFolderError
+from tunebook.config import LoraSettings, load_config
 from tunebook.export import export_run, load_gguf_model
 from tunebook.formatting import build_prompt
 from tunebook.gguf_convert import UnsupportedModel, pre_tokenizer_name, rope_permute, write_gguf
@@ -213,7 +214,7 @@ def run(tiny_model_dir, tmp_path_factory):
     """A run folder holding an adapter (random non-zero B) on the tiny SmolLM2-tokenizer model, and its config."""
     folder = tmp_path_factory.mktemp("run")
     torch.manual_seed(1)
-    model = apply_lora(load_model(str(tiny_model_dir)), LoraConfigSettings(r=4, alpha=8, dropout=0.0), verbose=False)
+    model = apply_lora(load_model(str(tiny_model_dir)), LoraSettings(r=4, alpha=8, dropout=0.0), verbose=False)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -247,7 +248,7 @@ def test_export_refuses_to_replace_an_earlier_one(run):
     config, summary = run
     gguf_file = Path(config.train.output_dir) / "export" / "f16" / summary["file"]
     before = gguf_file.stat().st_mtime_ns
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(RunFolderError, match="--overwrite"):
         export_run(config, "f16")
     assert gguf_file.stat().st_mtime_ns == before
 

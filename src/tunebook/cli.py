@@ -101,23 +101,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
-    try:
-        export_run(_config(args), quant=args.quant, fmt=args.format, adapter_dir=args.adapter, out_dir=args.out,
-                   overwrite=args.overwrite, verify=not args.no_verify)
-    except (FileExistsError, FileNotFoundError) as exc:
-        print(f"tunebook: {exc}", file=sys.stderr)
-        return 1
+    export_run(_config(args), quant=args.quant, fmt=args.format, adapter_dir=args.adapter, out_dir=args.out,
+               overwrite=args.overwrite, verify=not args.no_verify)
     return 0
 
 
 def cmd_llama_cpp(args: argparse.Namespace) -> int:
     from .llamacpp import run_llama_cpp
 
-    try:
-        run_llama_cpp(_config(args), quant=args.quant, gguf_path=args.gguf, out_dir=args.out, n_threads=args.threads)
-    except (FileNotFoundError, ImportError) as exc:
-        print(f"tunebook: {exc}", file=sys.stderr)
-        return 1
+    run_llama_cpp(_config(args), quant=args.quant, gguf_path=args.gguf, out_dir=args.out, n_threads=args.threads)
     return 0
 
 

@@ -44,6 +44,7 @@ from .files import atomic_directory, write_json
 from .formatting import build_prompt, encode_prompt, prompt_messages
 from .gguf_convert import QUANT_TYPES, write_gguf
 from .inference import _logits, _run_quantization, load_for_inference, merge_adapter
+from .errors import RunFolderError
 from .log import get_logger
 from .models import load_model, load_tokenizer
 from .ollama import ollama_model_name, write_modelfile
@@ -194,11 +195,11 @@ def export_run(config: RunConfig, quant: str = "f16", fmt: str = "gguf", adapter
         raise ValueError(f"Unknown quant {quant!r}; use one of {sorted(QUANT_TYPES)}.")
     adapter = Path(adapter_dir or Path(config.train.output_dir) / "adapter")
     if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"No adapter in '{adapter}' (adapter_config.json missing). Train first, "
+        raise RunFolderError(f"No adapter in '{adapter}' (adapter_config.json missing). Train first, "
                                 "or pass --adapter with the adapter folder of a run.")
     target = export_dir(config, quant, out_dir)
     if target.exists() and not overwrite:
-        raise FileExistsError(f"An export already exists in '{target}'. Pass --overwrite to replace it, or "
+        raise RunFolderError(f"An export already exists in '{target}'. Pass --overwrite to replace it, or "
                               "--out to write this one elsewhere.")
     run_name = Path(config.train.output_dir).name
     # The adapter's own run config knows whether it was trained on a 4/8-bit base; else the given config.

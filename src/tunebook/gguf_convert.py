@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .errors import TunebookError
 from .log import get_logger
 
 logger = get_logger()
@@ -65,7 +66,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
 }
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(TunebookError, ValueError):
     """The model or tokenizer has a feature this exporter does not write (the message says which)."""
 
 

@@ -30,6 +30,7 @@ from .evaluation import detect_task, example_input
 from .export import compare_logits, export_dir, load_gguf_model
 from .files import write_json
 from .formatting import answer_text, build_prompt, encode_prompt, prompt_messages
+from .errors import RunFolderError, TunebookError
 from .log import get_logger
 from .metrics import load_metric
 from .models import load_tokenizer
@@ -42,7 +43,7 @@ def require_llama_cpp():
     try:
         import llama_cpp
     except ImportError as exc:
-        raise ImportError("llama-cpp-python is not installed. Run `make llama-cpp-setup` or `pip install -r "
+        raise TunebookError("llama-cpp-python is not installed. Run `make llama-cpp-setup` or `pip install -r "
                           "requirements-llamacpp.txt` (it compiles llama.cpp from source; see docs/export.md "
                           "for how long that takes).") from exc
     return llama_cpp
@@ -135,7 +136,7 @@ def run_llama_cpp(config: RunConfig, quant: str = "q8_0", gguf_path: str | Path 
         folder = export_dir(config, quant, out_dir)
         found = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
         if len(found) != 1:
-            raise FileNotFoundError(f"Expected one .gguf file in '{folder}', found {len(found)}. Run `python -m "
+            raise RunFolderError(f"Expected one .gguf file in '{folder}', found {len(found)}. Run `python -m "
                                     f"tunebook export CONFIG --quant {quant}` first, or pass --gguf.")
         gguf_path = found[0]
     report = evaluate_llama_cpp(config, gguf_path, n_threads=n_threads)
