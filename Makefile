@@ -18,8 +18,10 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	touch $(STAMP)
 
 # Main job: prepare -> LoRA train -> evaluate base vs tuned, on the embedded SmolLM2 + extraction data.
+# A second run stops instead of replacing the first one's results: make demo DEMO_FLAGS=--overwrite
+DEMO_FLAGS ?=
 demo: setup
-	$(PY) -m tunebook demo configs/smollm2-135m-instruct/lora.yaml
+	$(PY) -m tunebook demo configs/smollm2-135m-instruct/lora.yaml $(DEMO_FLAGS)
 
 # Whole suite: unit tests (tiny random models), integration tests (embedded models), notebooks (smoke mode).
 test: setup

@@ -125,7 +125,8 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     metrics["command"] = " ".join(command[1:])
     import yaml
 
-    metrics["lora_r"] = yaml.safe_load((run_dir / "config.yaml").read_text())["lora"]["r"]
+    lora = yaml.safe_load((run_dir / "config.yaml").read_text())["lora"]
+    metrics["lora_r"], metrics["lora_dropout"] = lora["r"], lora["dropout"]
     log(f"{name}: done in {wall:.0f} s")
     return metrics
 
@@ -287,7 +288,8 @@ def summarize(name: str, metrics: dict, shape, rates: dict, baseline: dict, devi
     method = VARIANTS[name][2]
     rows, width = max(((b["rows"], b["width"]) for b in metrics["batch_log"]), key=lambda rw: rw[0] * rw[1])
     estimate = estimate_memory(shape, method, batch_size=rows, seq_len=width, lora_r=metrics["lora_r"],
-                               device=device, weight_dtype_bytes=_DTYPE_BYTES[precision],
+                               lora_dropout=metrics["lora_dropout"], device=device,
+                               weight_dtype_bytes=_DTYPE_BYTES[precision],
                                activation_dtype_bytes=_DTYPE_BYTES[precision])
     if device == "cuda":
         base_mb, estimate_mb = 0.0, (estimate.total - OVERHEAD_BYTES["cuda"]) / 2**20

@@ -78,6 +78,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     shape = shape_from_name(args.model)
     estimate = estimate_memory(shape, args.method, batch_size=args.batch_size, seq_len=args.seq_len,
                                gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r,
+                               lora_dropout=args.lora_dropout,
                                inference=args.inference)
     what = "inference" if args.inference else "training"
     print(f"{args.model} ({shape.num_parameters / 1e9:.2f}B parameters), {what}, batch {args.batch_size} x "
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=1)
     p.add_argument("--seq-len", type=_positive_int, default=512)
     p.add_argument("--lora-r", type=_positive_int, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (above 0 keeps a copy of each adapted input)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--inference", action="store_true", help="estimate generation instead of training")
     p.set_defaults(func=cmd_estimate)

@@ -148,6 +148,22 @@ def apply_lora(
     return peft_model
 
 
+def keep_adapter_input_dtype(model: torch.nn.Module) -> None:
+    """Stop peft from casting each adapter's input to the adapters' fp32 dtype; for training under autocast.
+
+    peft casts the (bf16) input of every adapted layer to fp32 before ``lora_A``, and autocast then
+    casts it back to bf16 for the matmul: the result is the same bit for bit, but autograd keeps
+    the extra copy of every adapter's input for the backward pass. Measured on SmolLM2 (batch 8 x
+    440 tokens, bf16 autocast, LoRA on all 7 projections): tensors saved for backward 3.30 ->
+    2.84 GB, peak memory 6.8 -> 5.7 GB, loss and gradients identical. Without autocast the input
+    and adapter dtypes must match, so only training (which always runs under autocast when the base
+    is stored in bf16/fp16) calls this.
+    """
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):  # peft's BaseTunerLayer
+            module.cast_input_dtype_enabled = False
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts. 4-bit weights are packed two per byte (four per bf16
     element when stored for FSDP), so count a `Params4bit` as its unpacked number of weights."""

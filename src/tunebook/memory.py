@@ -50,13 +50,15 @@ ADAPTER_BYTES = 4
 # q after RoPE, the attention output, the projections' inputs; 8·i: SwiGLU's gate, up, silu(gate)
 # and their product; 4·kv_dim: k and v. It is the same count as Korthikanti et al. 2022's
 # 34·s·b·h (a GPT block: 4h GeLU MLP, dropout masks) done for Llama: 45.5·s·b·h for Llama-2-7B.
-# With a frozen base (LoRA), the frozen projections need not keep their inputs, but each adapter
-# keeps a 16-bit copy of its input (peft casts it to the fp32 adapter dtype, autocast casts it back
-# for lora_A): the two roughly cancel. Measured on SmolLM2 (bf16 base, LoRA on all 7 projections,
-# dropout 0, batch 8 x 110 tokens): autograd saved 860 MB; the formula's activations plus the saved
-# half of the logits give 817 MB (-5%). Dropout 0.05 saved 1,363 MB: its mask and output per
-# adapter are not in the formula.
+# With a frozen base (LoRA), the frozen projections need not keep their inputs, and the adapters'
+# lora_A reuses them (tunebook.lora.keep_adapter_input_dtype stops peft's fp32 copy of each
+# adapter input). Measured on SmolLM2 (bf16 base, LoRA on all 7 projections, dropout 0, bf16
+# autocast, batch 8 x 440 tokens): autograd saved 2,835 MB, of which the trained positions'
+# fp32 log-softmax is 312 MB; the formula's activations give 2,475 MB (-2% against the 2,523 MB
+# left). LoRA dropout keeps a dropped-out 16-bit copy and a 1-byte mask of every adapted input:
+# measured +1,458 MB at that shape (dropout 0.05), the formula's DROPOUT_BYTES term gives 1,508 MB.
 ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE, ACT_PER_KV = 20, 8, 4
+DROPOUT_BYTES = 3  # per element of every adapted layer's input: 16-bit output + bool mask
 # Eager attention also keeps the s x s score and softmax tensors: measured 6·a·s²·b bytes
 # (Korthikanti: 5). SDPA/flash attention recomputes them in backward, so the term is 0 there.
 EAGER_SCORES_BYTES = 6
@@ -111,8 +113,8 @@ class ModelShape:
         """Weights bitsandbytes quantizes: the Linears inside the blocks (not embeddings/lm_head)."""
         return sum(d_in * d_out * n for _, d_in, d_out, n in self.linear_layers())
 
-    def lora_parameters(self, r: int = 16, target_modules: list[str] | str = "auto") -> int:
-        """Adapter size: each adapted Linear (d_in -> d_out) gets A (r x d_in) and B (d_out x r)."""
+    def adapted_layers(self, target_modules: list[str] | str = "auto") -> list[tuple[str, int, int, int]]:
+        """The `linear_layers` LoRA adapts for `target_modules` ("auto": tunebook.lora's default)."""
         layers = self.linear_layers()
         if target_modules == "auto":  # the same default as tunebook.lora.resolve_target_modules
             target_modules = TARGET_MODULES_BY_ARCHITECTURE[self.architecture]
@@ -120,7 +122,11 @@ class ModelShape:
         missing = sorted(set(targets) - {name for name, *_ in layers})
         if missing:
             raise UnknownTargetModule(f"{missing} are not Linear layers of a {self.architecture} model.")
-        return sum(r * (d_in + d_out) * n for name, d_in, d_out, n in layers if name in targets)
+        return [layer for layer in layers if layer[0] in targets]
+
+    def lora_parameters(self, r: int = 16, target_modules: list[str] | str = "auto") -> int:
+        """Adapter size: each adapted Linear (d_in -> d_out) gets A (r x d_in) and B (d_out x r)."""
+        return sum(r * (d_in + d_out) * n for _, d_in, d_out, n in self.adapted_layers(target_modules))
 
 
 def _llama_shape(name: str, h: int, layers: int, i: int, heads: int, kv: int, vocab: int,
@@ -256,7 +262,7 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
                     gradient_checkpointing: bool = False, lora_r: int = 16, weight_dtype_bytes: int = 2,
                     optimizer: str = "adamw", inference: bool = False,
                     device: Literal["cuda", "cpu"] = "cuda", activation_dtype_bytes: int = 2,
-                    attention: Literal["sdpa", "eager"] = "sdpa") -> MemoryEstimate:
+                    attention: Literal["sdpa", "eager"] = "sdpa", lora_dropout: float = 0.0) -> MemoryEstimate:
     """Predict peak memory of one training step (or of a forward pass with `inference=True`).
 
     weight_dtype_bytes: 2 for bf16/fp16 weights (tunebook's GPU default), 4 for fp32 (its CPU default).
@@ -265,6 +271,7 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
     weights give the classic mixed-precision 4+4+8 = 16 bytes/param.
     activation_dtype_bytes: 2 under bf16/fp16 compute; 4 is an fp32 upper bound (fp32 weights with
     bf16 autocast measured ~1.75x the 16-bit figure).
+    lora_dropout: above 0, each adapted layer's input is also kept dropped out, with its mask.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; use one of {METHODS}.")
@@ -288,6 +295,9 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
     per_layer = s * b * widths * activation_dtype_bytes // 2
     if attention == "eager":
         per_layer += EAGER_SCORES_BYTES * shape.num_attention_heads * s * s * b
+    if lora_dropout > 0 and method != "full" and not inference:
+        adapted_inputs = sum(d_in for _, d_in, _d_out, _n in shape.adapted_layers())
+        per_layer += s * b * adapted_inputs * DROPOUT_BYTES
     if inference:
         # No backward: activations live one layer at a time; the KV cache keeps k and v of every layer.
         # Logits for all s positions, as an evaluation forward makes them; generate() only keeps the

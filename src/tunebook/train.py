@@ -31,7 +31,7 @@ from .errors import ConfigError, RunFolderError, TunebookError
 from .files import write_failure, write_json
 from .formatting import completion_collator
 from .log import get_logger, is_main_process
-from .lora import apply_lora, count_parameters
+from .lora import apply_lora, count_parameters, keep_adapter_input_dtype
 from .models import load_model, load_tokenizer
 from .plots import plot_length_histogram, plot_loss_curve
 from .prepare import Prepared, prepare_tokenized
@@ -295,7 +295,10 @@ def build_model(config: RunConfig, decisions: Decisions, labels: list[str] | Non
                        trust_remote_code=config.model.trust_remote_code)
     checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing, count_parameters(model)[1])
     logger.info(str(checkpointing))
-    return apply_lora(model, config.lora, config.model.task, checkpointing.value, verbose=is_main_process())
+    model = apply_lora(model, config.lora, config.model.task, checkpointing.value, verbose=is_main_process())
+    if decisions.precision.value != "fp32":  # the Trainer runs the step under autocast
+        keep_adapter_input_dtype(model)
+    return model
 
 
 def run_training(config: RunConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
