@@ -122,8 +122,20 @@ def test_metrics_file(first_run) -> None:
     assert metrics["global_step"] == 4
     assert metrics["final_train_loss"] == metrics["train_loss"][-1]["loss"]
     assert metrics["final_eval_loss"] == metrics["eval_loss"][-1]["eval_loss"]
-    # 4 steps x batch 4: every trained token is a real (non-padding) token.
-    assert 0 < metrics["trained_tokens"] < metrics["input_tokens"]
+    # 4 steps x batch 4: every trained token is a real (non-padding) token; each figure is checked
+    # against its definition (per micro-batch counts, runtime).
+    log = metrics["batch_log"]
+    assert [b["rows"] for b in log] == [4, 4, 4, 4]
+    assert metrics["trained_tokens"] == sum(b["trained_tokens"] for b in log) > 0
+    assert metrics["padded_tokens"] == sum(b["rows"] * b["width"] for b in log)
+    assert metrics["trained_tokens"] < metrics["input_tokens"] <= metrics["padded_tokens"]
+    runtime = metrics["runtime_seconds"]
+    assert metrics["trained_tokens_per_second"] == pytest.approx(metrics["trained_tokens"] / runtime)
+    assert metrics["input_tokens_per_second"] == pytest.approx(metrics["input_tokens"] / runtime)
+    assert metrics["seconds_per_step"] == pytest.approx(runtime / 4)
+    ends = [b["end_seconds"] for b in log]
+    assert 0 < ends[0] and ends == sorted(ends) and ends[-1] <= runtime
+    assert 0 < metrics["eval_seconds"] < runtime and metrics["world_size"] == 1
     assert metrics["decisions"]["precision"].startswith("fp32: ")
     assert metrics["length_stats"]["count"] == 24  # 30 rows minus 10% validation, 10% test
     assert metrics == json.loads(json.dumps(result.metrics, default=str))
