@@ -446,6 +446,7 @@ def test_shipped_dataset_loads_and_validates(name: str, capsys: pytest.CaptureFi
     data, report = load(folder, **SHIPPED[name])
     sizes = report["split_sizes"]
     assert set(sizes) == {"train", "validation", "test"} and min(sizes.values()) > 0
+    assert sizes == report["rows"]  # three files given: nothing carved, nothing dropped
     assert not any(key.startswith("duplicates_in_") for key in report)
     assert "duplicate" not in capsys.readouterr().out
     keys = _split_rows(data)  # leakage was checked by validate(); check it independently here

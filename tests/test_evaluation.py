@@ -93,12 +93,22 @@ def test_evaluate_generation_detects_task(tokenizer, tiny_model):
     evaluation = EvalConfig(max_new_tokens=4, batch_size=2)
     extraction = Dataset.from_list([{"input": s, "output": _ref(person=["Ada"])} for s in SENTENCES[:3]])
     result = evaluate_generation(tiny_model, tokenizer, extraction, EXTRACTION, evaluation, autocast=False)
-    assert result["task"] == "extraction"
-    assert {"precision", "recall", "f1", "per_type", "valid_json_rate", "exact_match"} <= set(result)
+    assert result["task"] == "extraction" and result["num_examples"] == 3
     assert len(result["predictions"]) == 3 and result["inputs"] == SENTENCES[:3]
+    assert result["references"] == [_ref(person=["Ada"])] * 3
+    # The scores are entity_f1's on exactly these predictions and references.
+    from tunebook.metrics.entity_f1 import entity_scores
+
+    expected = entity_scores(result["predictions"], result["references"])
+    assert {k: result[k] for k in expected} == expected
     text = Dataset.from_list([{"instruction": "Say hi.", "output": "Hello!"}] * 2)
     result = evaluate_generation(tiny_model, tokenizer, text, DataConfig(), evaluation, autocast=False)
-    assert result["task"] == "text" and {"exact_match", "token_f1", "rouge_l"} <= set(result)
+    assert result["task"] == "text" and result["references"] == ["Hello!", "Hello!"]
+    from tunebook.metrics import load_metric
+
+    expected = load_metric("text_overlap").compute(predictions=result["predictions"], references=result["references"])
+    assert {k: result[k] for k in ("exact_match", "token_f1", "rouge_l")} == {k: expected[k] for k in (
+        "exact_match", "token_f1", "rouge_l")}
     assert detect_task([_ref(), "not json"]) == "text"
     assert detect_task([_ref(), _ref(date=["2019"])]) == "extraction"
 
@@ -112,12 +122,18 @@ def test_evaluate_classification_writes_confusion_matrix(tokenizer, tmp_path):
                               for i, t in enumerate(["a b c", "hello", "news about sport today", "x y", "z"])])
     result = evaluate_classification(model, tokenizer, data, ["A", "B", "C"], batch_size=2,
                                      out_png=tmp_path / "cm.png", autocast=False)
-    assert (tmp_path / "cm.png").stat().st_size > 0
-    assert 0 <= result["accuracy"] <= 1 and sum(map(sum, result["confusion_matrix"])) == 5
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Padding must not change a row's prediction: compare with unpadded one-by-one logits.
     with torch.no_grad():
         single = [int(model(input_ids=torch.tensor([ids])).logits.argmax(-1)) for ids in data["input_ids"]]
     assert result["predictions"] == single
+    # The scores are those of these predictions against the split's labels.
+    references = [i % 3 for i in range(5)]
+    assert result["references"] == references and result["labels"] == ["A", "B", "C"]
+    assert result["num_examples"] == 5
+    assert result["accuracy"] == sum(p == r for p, r in zip(single, references)) / 5
+    matrix = [[sum(1 for p, r in zip(single, references) if (r, p) == (t, q)) for q in range(3)] for t in range(3)]
+    assert result["confusion_matrix"] == matrix
 
 
 def test_error_analysis_counts_and_examples():
@@ -166,11 +182,16 @@ def test_run_evaluation_on_smollm2(tmp_path):
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert saved["task"] == "extraction" and saved["num_examples"] == 4
-    for name in ("base", "tuned"):
-        for key in ("precision", "recall", "f1", "valid_json_rate", "exact_match"):
-            assert 0 <= saved[name][key] <= 1
-        assert saved[name]["perplexity"] > 1
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    from tunebook.metrics.entity_f1 import categorize_errors, entity_scores
+
+    for name in ("base", "tuned"):
+        # Every saved score is entity_f1's on the saved predictions (recomputed here from the file).
+        expected = entity_scores([r[f"{name}_output"] for r in rows], [r["reference"] for r in rows])
+        for key in ("precision", "recall", "f1", "valid_json_rate", "exact_match"):
+            assert saved[name][key] == pytest.approx(expected[key])
+        assert saved[name]["perplexity"] > 1 and saved[name]["perplexity_rows"] > 0
+    assert [r["base_errors"] for r in rows] == [categorize_errors(r["base_output"], r["reference"]) for r in rows]
     assert len(rows) == 4 and {"input", "reference", "base_output", "tuned_output", "base_errors"} <= set(rows[0])
     assert [r["base_output"] for r in rows] == [r["tuned_output"] for r in rows]
     print({k: saved["base"][k] for k in ("precision", "recall", "f1", "valid_json_rate", "exact_match")})

@@ -309,7 +309,11 @@ def test_classification_run_saves_adapter_and_head(tiny_classifier_dir, topics_d
                                                      "base_model.model.classifier.bias"}
     assert any("lora_A" in k for k in keys)
     assert [e["step"] for e in result.metrics["train_loss"]] == [1, 2, 3]
-    assert result.metrics["input_tokens"] > 0
+    # One label per row: no token is "trained"; every input token is a non-padding one.
+    log = result.metrics["batch_log"]
+    assert result.metrics["trained_tokens"] == 0 and all(b["trained_tokens"] == 0 for b in log)
+    assert result.metrics["padded_tokens"] == sum(b["rows"] * b["width"] for b in log)
+    assert 0 < result.metrics["input_tokens"] <= result.metrics["padded_tokens"]
 
 
 def test_bf16_run_keeps_trained_head_in_fp32(tiny_classifier_dir, topics_dataset, tmp_path) -> None:
@@ -392,5 +396,5 @@ def test_own_csv_with_other_column_names_trains_by_config_only(tiny_model_dir, t
     result = run_training(config)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 2
-    assert metrics["trained_tokens"] > 0
+    assert metrics["trained_tokens"] == sum(b["trained_tokens"] for b in metrics["batch_log"]) > 0
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
