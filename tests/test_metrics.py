@@ -182,3 +182,85 @@ def test_text_overlap_metric() -> None:
     assert result["exact_match"] == pytest.approx(0.5)  # (1 + 0) / 2
     assert result["token_f1"] == pytest.approx(0.75)  # (1 + 0.5) / 2
     assert result["rouge_l"] == pytest.approx(0.75)  # (1 + 0.5) / 2
+
+
+# ---------------------------------------------------------------- the plain functions behind the metrics
+# evaluate.load runs a copy of each metric file; the same figures must come from the plain functions
+# (which tunebook and these tests import directly), and their argument checks must hold.
+
+
+def test_classification_scores_plain_function() -> None:
+    from tunebook.metrics.classification import classification_scores
+
+    assert classification_scores(PREDS, REFS) == load_metric("classification").compute(
+        predictions=PREDS, references=REFS)
+    result = classification_scores(PREDS, REFS, num_labels=4)
+    assert result["confusion_matrix"] == [[2, 1, 0, 0], [0, 1, 1, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
+    assert result["per_class_f1"] == pytest.approx([2 / 3, 1 / 2, 2 / 3, 0.0])
+    assert result["macro_f1"] == pytest.approx(11 / 18) and result["accuracy"] == 5 / 8
+    # A class that only the predictions use counts in the macro average (it is a real error).
+    only_predicted = classification_scores([0, 2], [0, 0], num_labels=3)
+    assert only_predicted["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2)
+    assert only_predicted["per_class_f1"] == pytest.approx([2 / 3, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("predictions, references, num_labels, message", [
+    ([0, 1], [0], None, "1-D and of equal length"),
+    ([[0]], [[0]], None, "1-D and of equal length"),
+    ([], [], None, "at least one example"),
+    ([0, -1], [0, 0], None, r"labels must lie in 0\.\.0"),
+    ([0, 3], [0, 0], 3, r"labels must lie in 0\.\.2"),
+    ([0, 0], [3, 0], 3, r"labels must lie in 0\.\.2"),
+])
+def test_classification_scores_argument_checks(predictions, references, num_labels, message) -> None:
+    from tunebook.metrics.classification import classification_scores
+
+    with pytest.raises(ValueError, match=message):
+        classification_scores(predictions, references, num_labels)
+
+
+def test_entity_scores_plain_function() -> None:
+    from tunebook.metrics.entity_f1 import entity_scores
+
+    result = entity_scores(ENTITY_PREDS, ENTITY_REFS)
+    assert result == load_metric("entity_f1").compute(predictions=ENTITY_PREDS, references=ENTITY_REFS)
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx((5 / 7, 5 / 9, 0.625))
+    assert (result["valid_json_rate"], result["exact_match"]) == (0.75, 0.25)
+    assert list(result["per_type"]) == ["date", "location", "organization", "person"]  # sorted
+    assert result["per_type"]["person"]["support"] == 3 and result["per_type"]["location"]["support"] == 2
+    # A type only the predictions use gets a row: its false positives count.
+    invented = entity_scores([_ref(["Ada"])[:-1] + ', "ship": ["Beagle"]}'], [_ref(["Ada"])])
+    assert invented["per_type"]["ship"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert invented["precision"] == 0.5 and invented["recall"] == 1.0
+    with pytest.raises(ValueError, match="same length"):
+        entity_scores([_ref()], [_ref(), _ref()])
+    with pytest.raises(ValueError, match="at least one example"):
+        entity_scores([], [])
+
+
+@pytest.mark.parametrize("tp, fp, fn, expected", [
+    (0, 0, 0, (1.0, 1.0, 1.0)),
+    (0, 2, 0, (0.0, 0.0, 0.0)),
+    (0, 0, 3, (0.0, 0.0, 0.0)),
+    (3, 1, 2, (3 / 4, 3 / 5, 2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5))),
+    (2, 0, 0, (1.0, 1.0, 1.0)),
+])
+def test_precision_recall_f1_rules(tp: int, fp: int, fn: int, expected: tuple) -> None:
+    from tunebook.metrics.entity_f1 import _prf
+
+    result = _prf(tp, fp, fn)
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx(expected)
+
+
+def test_overlap_scores_plain_function() -> None:
+    from tunebook.metrics.text_overlap import normalize_answer, overlap_scores
+
+    assert normalize_answer("  Paris. ") == "paris" and normalize_answer("A, b!") == "a, b"
+    result = overlap_scores(["  Paris. ", "Paris, France"], ["paris", "in Paris"])
+    assert result == {"exact_match": 0.5, "token_f1": 0.75, "rouge_l": 0.75}
+    assert token_f1("", "") == 1.0 and token_f1("a", "") == 0.0 and token_f1("x y", "z") == 0.0
+    assert rouge_l("x y", "z") == 0.0
+    with pytest.raises(ValueError, match="same length"):
+        overlap_scores(["a"], [])
+    with pytest.raises(ValueError, match="at least one example"):
+        overlap_scores([], [])
