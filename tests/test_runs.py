@@ -1,0 +1,185 @@
+"""Run-folder rules (tunebook.runs) on folders built by hand: no training needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunebook.config import RunConfig, apply_overrides, config_to_dict, save_config
+from tunebook.errors import RunFolderError
+from tunebook.runs import (IDENTITY_KEYS, RUN_FILES, check_same_model, identity_differences, is_finished,
+                           last_complete_checkpoint, run_contents, saved_config, start_run)
+
+# A value different from the default for each identity key.
+CHANGED = {"model.name": "other-model", "model.task": "sequence-classification", "model.quantization": "4bit",
+           "lora.r": 4, "lora.alpha": 8.0, "lora.target_modules": ["q_proj"], "lora.bias": "all",
+           "data.recipe": "classification", "data.labels": ["a", "b"], "data.instruction": "Do it.",
+           "data.system_prompt": "Be brief."}
+# Settings that do not change which model an adapter belongs to.
+NOT_IDENTITY = {"train.learning_rate": 1e-3, "train.max_steps": 3, "data.path": "elsewhere", "eval.batch_size": 2,
+                "data.max_length": 64, "train.output_dir": "runs/other", "data.seed": 9}
+
+
+def config_with(**values) -> RunConfig:
+    return apply_overrides(RunConfig(), {k.replace("__", "."): v for k, v in values.items()})
+
+
+def test_identity_keys_are_the_documented_ones() -> None:
+    assert sorted(CHANGED) == sorted(IDENTITY_KEYS)
+    sections = config_to_dict(RunConfig())
+    for key in IDENTITY_KEYS:
+        section, name = key.split(".")
+        assert name in sections[section], key
+
+
+@pytest.mark.parametrize("key", IDENTITY_KEYS)
+def test_each_identity_key_is_compared(key: str) -> None:
+    saved = RunConfig()
+    values = {key: CHANGED[key]}
+    if key in ("model.task", "data.recipe"):  # classification needs both
+        values = {"model.task": "sequence-classification", "data.recipe": "classification"}
+    now = apply_overrides(saved, values)
+    changes = identity_differences(saved, now)
+    section, name = key.split(".")
+    old, new = getattr(getattr(saved, section), name), getattr(getattr(now, section), name)
+    assert f"{key}: {old!r} -> {new!r}" in changes
+    assert len(changes) == len(values)
+
+
+def test_other_settings_are_not_identity() -> None:
+    assert identity_differences(RunConfig(), apply_overrides(RunConfig(), NOT_IDENTITY)) == []
+
+
+def test_check_same_model(tmp_path: Path) -> None:
+    check_same_model(tmp_path, RunConfig(), "resume")  # no config.yaml: nothing to compare with
+    save_config(RunConfig(), tmp_path / "config.yaml")
+    assert saved_config(tmp_path) == RunConfig()
+    check_same_model(tmp_path, apply_overrides(RunConfig(), NOT_IDENTITY), "resume")
+    with pytest.raises(RunFolderError) as info:
+        check_same_model(tmp_path, config_with(lora__r=4, lora__bias="all"), "evaluate x")
+    message = str(info.value)
+    assert message.startswith(f"Cannot evaluate x: the config differs from the one {tmp_path} was trained with")
+    assert "lora.r: 16 -> 4; lora.bias: 'none' -> 'all'" in message
+
+
+def test_run_contents_lists_run_files_only(tmp_path: Path) -> None:
+    assert run_contents(tmp_path) == [] and run_contents(tmp_path / "missing") == []
+    for name in ("metrics.json", "prepared", "notes.txt", "config.yaml"):
+        (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("x")
+    (tmp_path / "eval").mkdir()
+    assert run_contents(tmp_path) == ["config.yaml", "metrics.json", "eval"]  # RUN_FILES order
+    assert set(RUN_FILES) >= {"config.yaml", "adapter", "checkpoints", "metrics.json", "eval"}
+
+
+def test_is_finished_needs_adapter_and_metrics(tmp_path: Path) -> None:
+    assert not is_finished(tmp_path)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    assert not is_finished(tmp_path)
+    (tmp_path / "metrics.json").write_text("{}")
+    assert is_finished(tmp_path)
+    (tmp_path / "adapter" / "adapter_config.json").unlink()
+    assert not is_finished(tmp_path)
+
+
+def make_checkpoint(folder: Path, step: int, complete: bool = True) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "adapter_model.safetensors").write_text("weights")
+    if complete:
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    else:
+        (path / "trainer_state.json").write_text('{"global_st')  # cut short by a kill
+    return path
+
+
+def test_last_complete_checkpoint_is_numeric_and_skips_broken_ones(tmp_path: Path) -> None:
+    for step in (2, 9, 10):
+        make_checkpoint(tmp_path, step)
+    broken = make_checkpoint(tmp_path, 12, complete=False)
+    missing_state = tmp_path / "checkpoint-11"
+    missing_state.mkdir()
+    (tmp_path / "checkpoint-final").mkdir()  # not a step: ignored
+    (tmp_path / "checkpoint-99").write_text("a file, not a folder")
+    assert last_complete_checkpoint(tmp_path, remove_broken=False) == tmp_path / "checkpoint-10"
+    assert broken.is_dir() and missing_state.is_dir()  # kept when asked to
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"  # 10 > 9: numbers, not text
+    assert not broken.exists() and not missing_state.exists()
+    assert (tmp_path / "checkpoint-9").is_dir() and (tmp_path / "checkpoint-final").is_dir()
+
+
+def test_no_complete_checkpoint(tmp_path: Path) -> None:
+    make_checkpoint(tmp_path, 2, complete=False)
+    with pytest.raises(RunFolderError, match="no complete checkpoint in"):
+        last_complete_checkpoint(tmp_path)
+    with pytest.raises(RunFolderError, match="no complete checkpoint"):
+        last_complete_checkpoint(tmp_path / "none")
+
+
+def run_config(tmp_path: Path, **values) -> RunConfig:
+    return config_with(train__output_dir=str(tmp_path / "run"), **values)
+
+
+def test_start_run_claims_an_empty_folder(tmp_path: Path) -> None:
+    config = run_config(tmp_path)
+    assert start_run(config) is None
+    assert saved_config(tmp_path / "run") == config
+
+
+def test_start_run_refuses_a_folder_holding_a_run(tmp_path: Path) -> None:
+    config = run_config(tmp_path)
+    start_run(config)
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    with pytest.raises(RunFolderError) as info:
+        start_run(config)
+    message = str(info.value)
+    assert "already holds a run (config.yaml, metrics.json)" in message
+    assert "--resume" in message and "--overwrite (removes config.yaml, metrics.json)" in message
+
+
+def test_overwrite_removes_run_files_and_keeps_the_rest(tmp_path: Path) -> None:
+    config = run_config(tmp_path)
+    run = tmp_path / "run"
+    start_run(config)
+    make_checkpoint(run / "checkpoints", 2)
+    (run / "metrics.json").write_text("{}")
+    (run / "prepared").mkdir()
+    (run / "notes.txt").write_text("mine")
+    new = apply_overrides(config, {"lora.r": 4})
+    assert start_run(new, overwrite=True) is None
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt", "prepared"]
+    assert saved_config(run) == new
+
+
+def test_resume_rules(tmp_path: Path) -> None:
+    config = run_config(tmp_path)
+    run = tmp_path / "run"
+    with pytest.raises(RunFolderError, match="contradict each other"):
+        start_run(config, resume=True, overwrite=True)
+    with pytest.raises(RunFolderError, match=r"--resume: no run in .* \(no config.yaml\)"):
+        start_run(config, resume=True)
+    start_run(config)
+    make_checkpoint(run / "checkpoints", 2)
+    make_checkpoint(run / "checkpoints", 4)
+    assert start_run(config, resume=True) == run / "checkpoints" / "checkpoint-4"
+    with pytest.raises(RunFolderError, match="Cannot resume: .*lora.r: 16 -> 4"):
+        start_run(apply_overrides(config, {"lora.r": 4}), resume=True)
+    # Other ranks under accelerate only find the checkpoint; they never write or check.
+    other_rank = apply_overrides(config, {"lora.r": 4})
+    assert start_run(other_rank, resume=True, main_process=False) == run / "checkpoints" / "checkpoint-4"
+    assert start_run(other_rank, main_process=False) is None
+    assert saved_config(run) == config
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="is finished"):
+        start_run(config, resume=True)
+
+
+def test_unwritable_run_folder_is_explained(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunFolderError, match="Cannot write the run folder"):
+        start_run(config_with(train__output_dir=str(blocker / "run")))
