@@ -195,3 +195,95 @@ def test_run_evaluation_on_smollm2(tmp_path):
     assert len(rows) == 4 and {"input", "reference", "base_output", "tuned_output", "base_errors"} <= set(rows[0])
     assert [r["base_output"] for r in rows] == [r["tuned_output"] for r in rows]
     print({k: saved["base"][k] for k in ("precision", "recall", "f1", "valid_json_rate", "exact_match")})
+
+
+# ---------------------------------------------------------------- run_evaluation on a tiny model (fast)
+
+
+def _tiny_eval_config(model_dir, data_path, run_dir, **values):
+    from tunebook.config import RunConfig
+
+    return apply_overrides(RunConfig(), {"model.name": str(model_dir), "data.path": str(data_path),
+                                         "train.output_dir": str(run_dir), "train.precision": "fp32",
+                                         "eval.max_examples": 3, "eval.max_new_tokens": 4, "eval.batch_size": 2,
+                                         "lora.r": 4, **values})
+
+
+def _save_untrained_adapter(config, task: str = "causal-lm", labels=None) -> None:
+    """An adapter as training would leave it, but untrained (B = 0): tuned must equal base."""
+    from tunebook.config import save_config
+    from tunebook.lora import apply_lora
+    from tunebook.models import load_model
+
+    run = __import__("pathlib").Path(config.train.output_dir)
+    model = load_model(config.model.name, task, label_names=labels)
+    apply_lora(model, config.lora, task, verbose=False).save_pretrained(run / "adapter")
+    save_config(config, run / "config.yaml")
+
+
+def test_run_evaluation_writes_consistent_results(tiny_model_dir, tmp_data, tmp_path):
+    from tunebook.errors import RunFolderError
+    from tunebook.metrics.entity_f1 import categorize_errors, entity_scores
+
+    rows = [{"input": f"Person {i} lives in City {i}.", "output": _ref(person=[f"Person {i}"], location=[f"City {i}"])}
+            for i in range(20)]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run",
+                               **{"data.instruction": "Extract the named entities as JSON."})
+    _save_untrained_adapter(config)
+    results = run_evaluation(config)
+    out = tmp_path / "run" / "eval"
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert (results["model"], results["quantization"], results["split"], results["task"]) == (
+        str(tiny_model_dir), None, "test", "extraction")
+    assert results["adapter"] == str(tmp_path / "run" / "adapter")
+    assert results["num_examples"] == results["split_rows"] == 2  # 10% of 20 rows; the cap (3) is above it
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    by_row = {r["row"]: r for r in rows_with_lines(rows)}
+    assert len(lines) == 2
+    for line in lines:
+        assert line["input"] == by_row[line["row"]]["input"] and line["reference"] == by_row[line["row"]]["output"]
+        assert line["tuned_output"] == line["base_output"]  # B = 0: the adapter changes nothing
+        assert line["base_errors"] == categorize_errors(line["base_output"], line["reference"])
+    for name in ("base", "tuned"):
+        expected = entity_scores([line[f"{name}_output"] for line in lines], [line["reference"] for line in lines])
+        assert {k: results[name][k] for k in expected} == expected
+        assert results[name]["num_examples"] == 2 and results[name]["perplexity_rows"] == 2
+        assert sum(results[name]["error_counts"].values()) >= 2 - results[name]["error_counts"]["correct"]
+    assert results["tuned"]["perplexity"] == pytest.approx(results["base"]["perplexity"], rel=1e-5)
+    assert "predictions" not in results["base"] and "references" not in results["base"]
+
+    with pytest.raises(RunFolderError, match="already holds evaluation results"):
+        run_evaluation(config)
+    again = run_evaluation(config, compare_base=False, overwrite=True)
+    assert list(again)[-1] == "tuned" and "base" not in again
+    with pytest.raises(RunFolderError, match="Cannot evaluate"):
+        run_evaluation(apply_overrides(config, {"lora.r": 8}), overwrite=True)
+    with pytest.raises(RunFolderError, match="No adapter in"):
+        run_evaluation(config, adapter_dir=str(tmp_path), overwrite=True)
+    with pytest.raises(RunFolderError, match="Nothing to evaluate"):
+        run_evaluation(apply_overrides(config, {"train.output_dir": str(tmp_path / "none")}), compare_base=False)
+
+
+def rows_with_lines(rows: list[dict]) -> list[dict]:
+    return [{**row, "row": i + 1} for i, row in enumerate(rows)]  # JSONL: one row per line
+
+
+def test_run_evaluation_of_a_classifier(tiny_model_dir, tmp_data, tmp_path):
+    labels = ["World News", "Sports", "Sci/Tech"]
+    rows = [{"text": f"{label} story number {i}", "label": label} for i in range(10) for label in labels]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run", **{
+        "model.task": "sequence-classification", "data.recipe": "classification", "data.labels": labels,
+        "eval.max_examples": None, "eval.split": "validation"})
+    _save_untrained_adapter(config, "sequence-classification", labels)
+    results = run_evaluation(config)
+    out = tmp_path / "run" / "eval"
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert results["task"] == "classification" and results["split"] == "validation"
+    assert len(lines) == results["num_examples"] == results["split_rows"] == 3  # stratified: one per label
+    for line in lines:
+        assert line["reference"] == line["input"].split(" story")[0]
+        assert line["base_output"] in labels and line["tuned_output"] in labels
+    for name in ("base", "tuned"):
+        assert (out / f"confusion_matrix_{name}.png").read_bytes()[:4] == b"\x89PNG"
+        correct = sum(line[f"{name}_output"] == line["reference"] for line in lines)
+        assert results[name]["accuracy"] == correct / 3 and results[name]["labels"] == labels
