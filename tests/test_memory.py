@@ -177,3 +177,58 @@ def test_memory_figures_in_config_headers_match_the_estimator(path: Path, capsys
 
 def test_some_configs_quote_estimates() -> None:
     assert len(CONFIGS_WITH_ESTIMATES) >= 2
+
+
+@pytest.mark.parametrize("count, dims", [
+    # count -> (hidden, layers, intermediate, heads): width = 128 x heads, MLP = 8/3 h rounded up to 256
+    (7_000_000_000, (4096, 33, 11008, 32)),
+    (3_000_000_000, (3072, 25, 8192, 24)),
+    (350_000_000, (1536, 9, 4096, 12)),
+    (1_000_000, (256, 1, 768, 2)),  # the floors: 256 wide, one layer
+])
+def test_shape_from_a_bare_count(count: int, dims: tuple) -> None:
+    from tunebook.memory import shape_from_parameter_count
+
+    shape = shape_from_parameter_count(count)
+    assert (shape.hidden_size, shape.num_layers, shape.intermediate_size, shape.num_attention_heads) == dims
+    assert shape.num_kv_heads == shape.num_attention_heads and shape.hidden_size // shape.num_attention_heads == 128
+    assert shape.num_parameters == count and shape.vocab_size == 32000 and not shape.tied_embeddings
+    assert shape.name == f"~{count / 1e9:.3g}B"
+    assert shape_from_parameter_count(count, vocab_size=1000).vocab_size == 1000
+
+
+def test_fit_table_rows_are_the_estimates() -> None:
+    rows = gpu_fit_table(model_names=("7b",), methods=("lora", "qlora-4bit"), gpus_gib=(16, 24), batch_size=2,
+                         seq_len=1024, gradient_checkpointing=False, device="cpu")
+    shape = shape_from_name("7b")
+    for row, method in zip(rows, ("lora", "qlora-4bit")):
+        est = estimate_memory(shape, method, batch_size=2, seq_len=1024, gradient_checkpointing=False, device="cpu")
+        assert row["total_gib"] == est.total / GiB and row["method"] == method
+        assert row["fits"] == {16: est.total <= 0.9 * 16 * GiB, 24: est.total <= 0.9 * 24 * GiB}
+        assert (row["model"], row["shape"], row["params_b"]) == ("7b", "Llama-2-7B", shape.num_parameters / 1e9)
+        assert (row["batch_size"], row["seq_len"], row["gradient_checkpointing"]) == (2, 1024, False)
+    defaults = gpu_fit_table(model_names=("7b",), methods=("lora",))[0]
+    assert (defaults["batch_size"], defaults["seq_len"], defaults["gradient_checkpointing"]) == (1, 2048, True)
+    assert list(defaults["fits"]) == [16, 24, 40, 80]
+    assert defaults["total_gib"] == estimate_memory(shape, "lora", seq_len=2048, gradient_checkpointing=True).total / GiB
+    assert [r["model"] for r in gpu_fit_table()] == [m for m in ("1b", "7b", "13b", "70b") for _ in METHODS]
+
+
+def test_fit_boundary_is_90_percent_of_the_gpu() -> None:
+    row = gpu_fit_table(model_names=("7b",), methods=("lora",), gpus_gib=(16,))[0]
+    total = row["total_gib"]  # 15.49 GiB: over 90% of 16 GiB (14.4), under 90% of 17.3
+    just_fits = gpu_fit_table(model_names=("7b",), methods=("lora",), gpus_gib=(total / 0.9,))[0]
+    assert not row["fits"][16] and just_fits["fits"][total / 0.9]
+
+
+def test_format_table_text() -> None:
+    rows = gpu_fit_table(model_names=("7b",), methods=("lora",), gpus_gib=(16, 24))
+    assert format_table(rows).splitlines() == [
+        "model                 method       total GiB  16 GiB  24 GiB",
+        "------------------------------------------------------------",
+        "7b (6.74B)            lora              15.5       ✗       ✓",
+        "batch 1, seq 2048, gradient checkpointing on; ✓ = total <= 90% of the GPU",
+    ]
+    off = gpu_fit_table(model_names=("1b",), methods=("lora",), gpus_gib=(16,), gradient_checkpointing=False)
+    assert format_table(off).splitlines()[-1].startswith("batch 1, seq 2048, gradient checkpointing off;")
+    assert format_table([]) == "(no rows)"
