@@ -217,3 +217,35 @@ def test_apply_overrides_dict_is_type_checked() -> None:
         apply_overrides(RunConfig(), {"train.max_steps": "20"})
     with pytest.raises(ConfigError, match=r"'3bit'"):
         apply_overrides(RunConfig(), {"model.quantization": "3bit"})
+
+
+def test_suggestion_cutoff_and_no_suggestion() -> None:
+    """Close enough (difflib ratio >= 0.5) gets a suggestion; nothing close gets none, and no filler."""
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"train": {"warm": 0.1}})
+    assert "Unknown config key 'train.warm'. Did you mean 'warmup_ratio'? Valid keys in train:" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"train": {"zzz": 1}})
+    assert str(info.value).startswith("Unknown config key 'train.zzz'. Valid keys in train: output_dir, max_steps,")
+
+
+def test_ranges_come_from_the_field_metadata() -> None:
+    import dataclasses
+
+    from tunebook.config import DataConfig, TrainConfig
+
+    bounds = {f.name: f.metadata.get("range") for f in dataclasses.fields(TrainConfig)}
+    assert bounds["learning_rate"] == (None, 0, 1, None) and bounds["warmup_ratio"] == (0, None, None, 1)
+    assert bounds["output_dir"] is None and TrainConfig().max_steps == 150 and DataConfig().max_length is None
+    for key, value, allowed in [("train.learning_rate", 0.0, "> 0 and <= 1"), ("train.warmup_ratio", 1.0, ">= 0 and < 1"),
+                                ("train.max_steps", 0, ">= 1"), ("data.max_length", 0, ">= 1")]:
+        with pytest.raises(ConfigError, match=f"{key}: {value!r} is out of range: it must be {allowed}."):
+            apply_overrides(RunConfig(), {key: value})
+
+
+def test_saved_config_keeps_the_field_order(tmp_path: Path) -> None:
+    save_config(RunConfig(), tmp_path / "c.yaml")
+    lines = (tmp_path / "c.yaml").read_text().splitlines()
+    sections = [line for line in lines if not line.startswith(" ")]
+    assert sections == ["model:", "data:", "lora:", "train:", "eval:"]
+    assert [line.split(":")[0].strip() for line in lines[1:5]] == ["name", "task", "quantization", "trust_remote_code"]

@@ -355,3 +355,23 @@ def test_show_trained_tokens_html_escapes(smollm_tokenizer) -> None:
     assert '<span style="background:#b7f5b0">Use &lt;b&gt; &amp; &lt;/b&gt;.&lt;|im_end|&gt;</span>' in shown
     assert shown.count("background:#b7f5b0") == 1
     assert "<b>" not in shown
+
+
+def test_length_stats_percentiles_are_numpys() -> None:
+    lengths = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144]
+    stats = length_stats(lengths)
+    assert list(stats) == ["p50", "p90", "p95", "p99", "count", "mean", "max", "min"]
+    for q in (50, 90, 95, 99):
+        assert stats[f"p{q}"] == float(np.percentile(lengths, q))
+    assert stats["p95"] != float(np.percentile(lengths, 96))
+
+
+def test_trained_segments_with_several_runs(smollm_tokenizer) -> None:
+    tok = smollm_tokenizer
+    ids = tok("a b c d e", add_special_tokens=False)["input_ids"]
+    labels = [IGNORE_INDEX, ids[1], IGNORE_INDEX, ids[3], ids[4]]
+    assert trained_segments(ids, labels, tok) == [("a", False), (" b", True), (" c", False), (" d e", True)]
+    assert show_trained_tokens(ids, labels, tok) == "a⟦ b⟧ c⟦ d e⟧"
+    assert show_trained_tokens(ids, labels, tok, as_html=True) == (
+        '<pre style="white-space:pre-wrap"><span style="color:#888">a</span><span style="background:#b7f5b0"> b</span>'
+        '<span style="color:#888"> c</span><span style="background:#b7f5b0"> d e</span></pre>')

@@ -146,3 +146,20 @@ def test_mixed_conll_and_table_files_are_refused(tmp_path: Path) -> None:
     (folder / "test.jsonl").write_text('{"instruction": "x", "output": "y"}\n')
     with pytest.raises(DataValidationError, match="Mixed formats"):
         load_and_validate(DataConfig(path=str(folder), instruction="Extract."))
+
+
+def test_conll_details(tmp_path: Path) -> None:
+    """Two-column lines, a tag in the last of many columns, DOCSTART only as a first field, CRLF."""
+    path = tmp_path / "train.conll"
+    path.write_text("x -DOCSTART- O\nAda B-PER\n\n\n-DOCSTART- -X- O\nBob x y B-PER\r\n")
+    table = read_file(path)
+    assert table.rows == [{"tokens": ["x", "Ada"], "tags": ["O", "B-PER"]}, {"tokens": ["Bob"], "tags": ["B-PER"]}]
+    assert table.lines == [1, 6]
+    one_column = tmp_path / "one.conll"
+    one_column.write_text("B-PER\n")
+    with pytest.raises(DataValidationError, match=r"one.conll, line 1: expected a token and its BIO tag .*'B-PER'"):
+        read_file(one_column)
+    tag_not_last = tmp_path / "bad.conll"
+    tag_not_last.write_text("Ada B-PER x\n")
+    with pytest.raises(DataValidationError, match="line 1: expected a token"):
+        read_file(tag_not_last)
