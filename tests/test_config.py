@@ -249,3 +249,23 @@ def test_saved_config_keeps_the_field_order(tmp_path: Path) -> None:
     sections = [line for line in lines if not line.startswith(" ")]
     assert sections == ["model:", "data:", "lora:", "train:", "eval:"]
     assert [line.split(":")[0].strip() for line in lines[1:5]] == ["name", "task", "quantization", "trust_remote_code"]
+
+
+def test_override_key_shape_errors_in_full() -> None:
+    sections = "model, data, lora, train, eval"
+    for item, hint in [("train.lora.r=3", ""), ("trian.max_steps=1", " Did you mean 'train'?"), ("zzz.r=1", "")]:
+        with pytest.raises(ConfigError) as info:
+            apply_overrides(RunConfig(), [item])
+        key = item.split("=")[0]
+        assert str(info.value) == f"Override key '{key}' must be section.key with section one of {sections}.{hint}"
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), ["train.max_steps"])
+    assert str(info.value) == ("Override 'train.max_steps' must look like section.key=value, e.g. "
+                               "train.max_steps=20.")
+
+
+def test_override_into_an_empty_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\nlora:\n  r: 4\n")  # train: is null in YAML
+    config = load_config(path, ["train.max_steps=7", "eval.batch_size=3"])
+    assert (config.train.max_steps, config.eval.batch_size, config.lora.r) == (7, 3, 4)

@@ -264,3 +264,46 @@ def test_overlap_scores_plain_function() -> None:
         overlap_scores(["a"], [])
     with pytest.raises(ValueError, match="at least one example"):
         overlap_scores([], [])
+
+
+@pytest.mark.parametrize("a, b, n", [
+    ("ABCBDAB", "BDCABA", 4), ("AB", "BA", 1), ("XAB", "ABX", 2), ("ABC", "ABC", 3), ("", "ABC", 0), ("A", "", 0),
+    ("AXBXC", "ABC", 3), ("BA", "AB", 1),
+])
+def test_lcs_length_cases(a: str, b: str, n: int) -> None:
+    assert lcs_length(list(a), list(b)) == n == lcs_length(list(b), list(a))
+
+
+def test_rouge_l_and_token_f1_with_one_shared_token() -> None:
+    assert rouge_l("a b", "a c") == 0.5 and rouge_l("a b c d", "d") == pytest.approx(2 * 0.25 / 1.25)
+    assert token_f1("a b", "a c") == 0.5 and token_f1("a a b", "a") == pytest.approx(2 * (1 / 3) / (4 / 3))
+    assert token_f1("Paris", "paris!") == 1.0 and token_f1("", "x") == 0.0
+
+
+def test_overlapping_texts_make_boundary_errors() -> None:
+    gold = _ref(["Ada Lovelace"], ["Bank of Lisbon"])
+    assert categorize_errors(_ref(["Ada"], ["Bank of Lisbon"]), gold) == ["boundary"]  # contained
+    assert categorize_errors(_ref(["Countess Ada Lovelace"], ["Bank of Lisbon"]), gold) == ["boundary"]  # contains
+    assert categorize_errors(_ref(["Ada Byron"], ["Bank of Lisbon"]), gold) == ["boundary"]  # shares a word
+    assert categorize_errors(_ref(["Grace"], ["Bank of Lisbon"]), gold) == ["missing_entity", "invented_entity"]
+
+
+def test_one_error_explains_its_gold_entity_only() -> None:
+    gold = _ref(["Ada", "Paris"], ["Acme"], ["Rome"])
+    # Rome and Ada predicted as organizations: wrong types, each explaining only its own gold entity, so
+    # gold Paris, predicted nowhere, is still reported missing.
+    prediction = _ref([], ["Acme", "Rome", "Ada"], [])
+    assert categorize_errors(prediction, gold) == ["missing_entity", "wrong_type"]
+    near = _ref(["Ada L", "Paris"], ["Acme Corp"], ["Rome"])
+    assert categorize_errors(near, _ref(["Ada", "Paris"], ["Acme"], ["Rome", "Oslo"])) == ["missing_entity", "boundary"]
+
+
+def test_bad_reference_message() -> None:
+    from tunebook.metrics.entity_f1 import _parse_reference
+
+    with pytest.raises(ValueError) as info:
+        _parse_reference("[1]")
+    assert str(info.value) == "reference is not a JSON dict of lists of strings: '[1]'"
+    with pytest.raises(ValueError) as info:
+        _parse_reference("nope", 3)
+    assert str(info.value) == "reference at index 3 is not a JSON dict of lists of strings: 'nope'"
