@@ -8,6 +8,7 @@ one another, so a figure computed from the wrong quantity cannot pass.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import math
 from types import SimpleNamespace
@@ -290,3 +291,53 @@ def test_benchmark_ratios_divide_each_variant_by_the_tutorial(bench) -> None:
     assert ratio["final_train_loss_delta"] == pytest.approx(-0.1) and ratio["eval_loss_delta"] is None
     assert results["tunebook"]["same_batches_as_tutorial"] is False
     assert results["tutorial"]["same_batches_as_tutorial"] is True
+
+
+# ---------------------------------------------------------------- one real step, end to end
+
+
+def test_one_step_run_saves_every_file_and_its_figures(tiny_model_dir, smollm_tokenizer, tmp_path, capsys) -> None:
+    """The smallest real run: what save_run writes, and metrics.json against the run's own records."""
+    import json
+
+    from conftest import write_rows
+    from tunebook.config import RunConfig, apply_overrides, load_config
+    from tunebook.environment import choose_device
+    from tunebook.prepare import prepare_tokenized
+
+    data = write_rows(tmp_path / "data" / "train.jsonl",
+                      [{"instruction": f"Add {i} and {i}.", "output": f"{2 * i}"} for i in range(20)])
+    config = apply_overrides(RunConfig(), {
+        "model.name": str(tiny_model_dir), "data.path": str(data), "lora.r": 2, "train.output_dir": str(tmp_path / "run"),
+        "train.max_steps": 1, "train.per_device_batch_size": 2, "train.precision": "fp32", "train.logging_steps": 1,
+        "train.eval_steps": 1, "train.save_steps": 1, "train.eval_loss_examples": 2})
+    result = train.run_training(config)
+    run = tmp_path / "run"
+    assert result.run_dir == run and result.adapter_dir == run / "adapter"
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/tokenizer_config.json",
+                 "environment.json", "metrics.json", "config.yaml", "checkpoints/checkpoint-1/trainer_state.json"):
+        assert (run / name).is_file(), name
+    for image in ("loss_curve.png", "length_histogram.png"):
+        assert (run / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_config(run / "config.yaml") == config
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 2
+    environment = json.loads((run / "environment.json").read_text())
+    assert environment["torch"] == importlib.metadata.version("torch")
+    assert environment["cuda_available"] is torch.cuda.is_available()
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result.metrics))
+    assert metrics["decisions"] == {
+        "device": str(choose_device()), "precision": "fp32: asked for in the config (train.precision)",
+        "optimizer": "adamw_torch: AdamW; adapter optimizer state is small, nothing to page"}
+    assert metrics["global_step"] == 1 and [e["step"] for e in metrics["train_loss"]] == [1]
+    assert [e["step"] for e in metrics["eval_loss"]] == [1] and metrics["final_eval_loss"] > 0
+    (batch,) = metrics["batch_log"]
+    assert batch["rows"] == 2 and metrics["trained_tokens"] == batch["trained_tokens"] > 0
+    assert metrics["padded_tokens"] == 2 * batch["width"]
+    assert metrics["trained_tokens_per_second"] == pytest.approx(metrics["trained_tokens"] / metrics["runtime_seconds"])
+    assert metrics["seconds_per_step"] == pytest.approx(metrics["runtime_seconds"])
+    assert metrics["length_stats"] == prepare_tokenized(config, smollm_tokenizer).stats
+    out = capsys.readouterr().out
+    assert f"adapter saved to {run / 'adapter'}; {metrics['trained_tokens_per_second']:.0f} trained tokens/s" in out
+    assert f"final train loss {metrics['final_train_loss']:.4f}" in out

@@ -7,7 +7,9 @@ model is loaded once per module.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
+import json
 from pathlib import Path
 
 import pytest
@@ -544,3 +546,37 @@ def test_minilm_loads_as_four_label_classifier() -> None:
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 4)
     assert resolve_target_modules(model) == ["query", "key", "value", "dense"]
+
+
+def test_adapter_of_another_shape_is_one_clear_error(tiny_llama, smollm_tokenizer, tmp_path: Path) -> None:
+    from tunebook.config import LoraSettings
+    from tunebook.lora import AdapterError
+
+    apply_lora(copy.deepcopy(tiny_llama), LoraSettings(r=4), verbose=False).save_pretrained(tmp_path / "r4")
+    with open(tmp_path / "r4" / "adapter_config.json") as f:
+        saved = json.load(f)
+    saved["r"] = 8  # the config says r=8, the tensors are r=4: what another run's adapter looks like
+    (tmp_path / "r8").mkdir()
+    (tmp_path / "r8" / "adapter_config.json").write_text(json.dumps(saved))
+    (tmp_path / "r8" / "adapter_model.safetensors").write_bytes((tmp_path / "r4" / "adapter_model.safetensors").read_bytes())
+    with pytest.raises(AdapterError) as info:
+        load_adapter(copy.deepcopy(tiny_llama), str(tmp_path / "r8"))
+    message = str(info.value)
+    assert message.startswith(f"The adapter in {tmp_path / 'r8'} was trained on another base model or LoRA shape than ")
+    assert "(28 tensors differ in shape). Use the model.name and lora settings of its run" in message
+
+
+def test_damaged_adapter_file_is_one_clear_error(tiny_llama, tmp_path: Path) -> None:
+    from tunebook.config import LoraSettings
+    from tunebook.lora import AdapterError
+
+    apply_lora(copy.deepcopy(tiny_llama), LoraSettings(r=4), verbose=False).save_pretrained(tmp_path / "a")
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AdapterError) as info:
+        load_adapter(copy.deepcopy(tiny_llama), str(tmp_path / "a"))
+    assert str(info.value).startswith(f"The adapter files in {tmp_path / 'a'} are damaged (")
+    assert str(info.value).endswith("Train again, or resume its run to save it anew.")
+    with pytest.raises((OSError, ValueError)) as other:  # anything else keeps its own error
+        load_adapter(copy.deepcopy(tiny_llama), str(tmp_path / "missing"))
+    assert not isinstance(other.value, AdapterError)
