@@ -173,3 +173,39 @@ def test_divergence_guard_ignores_logs_without_a_loss() -> None:
     guard.on_log(None, SimpleNamespace(global_step=1), None, logs={"eval_loss": 99.0})
     guard.on_log(None, SimpleNamespace(global_step=1), None, logs=None)
     assert guard.history == []
+
+
+def test_divergence_message_in_full() -> None:
+    guard = DivergenceGuard(learning_rate=0.05)
+    with pytest.raises(TrainingDiverged) as info:
+        _log(guard, [2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 2.6, 9.0])
+    assert str(info.value) == (
+        "Training diverged at step 8: the loss went from 2 to 9 (step 3: 2.2, step 4: 2.3, step 5: 2.4, step 6: 2.5, "
+        "step 7: 2.6, step 8: 9). Likely cause: train.learning_rate=0.05 is too high (LoRA trains well at 1e-4 to "
+        "2e-3). The adapter was not saved; lower the rate and train again with --overwrite.")
+
+
+def test_nan_loss_stops_at_the_step_it_happens(smollm_tokenizer, tmp_path) -> None:
+    from transformers import TrainingArguments
+
+    from conftest import make_tiny_llama
+    from tunebook.config import LoraSettings
+    from tunebook.lora import apply_lora
+    from tunebook.train import TunebookTrainer
+
+    tok = smollm_tokenizer
+    model = make_tiny_llama(len(tok), pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    model = apply_lora(model, LoraSettings(r=2), verbose=False)
+    trainer = TunebookTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True,
+                                                                   report_to="none"))
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.state.global_step = 6
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.training_step(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    assert str(info.value) == (
+        "Loss became nan at step 7. Lower train.learning_rate, try train.precision: fp32, or check the data for "
+        "empty answers. The adapter was not saved; checkpoints before this step are kept.")
+    assert trainer.trained_tokens == 0 and trainer.batch_log == []  # a diverged step is not counted

@@ -625,3 +625,28 @@ def test_sections_json_round_trip_keeps_every_field(ctx: Ctx) -> None:
     save_config(config, path)
     assert load_config(path) == config
     assert json.loads(json.dumps(dataclasses.asdict(config))) == dataclasses.asdict(config)
+
+
+def test_fixed_trainer_settings(ctx: Ctx) -> None:
+    """What tunebook always asks of the Trainer, whatever the config."""
+    config = base_config(ctx)
+    args = train.training_arguments(config, Path("/somewhere/run"), "fp32", "adamw_torch", has_eval=True)
+    assert args.output_dir == "/somewhere/run/checkpoints"
+    assert args.logging_first_step and not args.logging_nan_inf_filter and args.prediction_loss_only
+    assert args.save_strategy == "steps" and args.eval_strategy == "steps" and args.report_to == []
+    assert args.remove_unused_columns and args.ddp_find_unused_parameters is False
+    assert args.use_cpu is (not torch.cuda.is_available()) and not args.bf16 and not args.fp16
+    assert args.optim == OptimizerNames.ADAMW_TORCH
+    no_eval = train.training_arguments(config, Path("/x"), "fp32", "adamw_torch", has_eval=False)
+    assert no_eval.eval_strategy == "no"
+
+
+def test_pad_to_length_shorter_than_the_longest_example(ctx: Ctx) -> None:
+    config = apply_overrides(base_config(ctx), {"train.pad_to_length": 50})
+    with pytest.raises(train.ConfigError) as info:
+        train.prepare_training_data(config, ctx.tokenizer, ctx.tmp_path)
+    assert str(info.value) == ("train.pad_to_length=50 is shorter than the longest example (69 tokens); raise it, or "
+                               "set it to null for dynamic padding.")
+    fits = train.prepare_training_data(apply_overrides(config, {"train.pad_to_length": 69}), ctx.tokenizer,
+                                         ctx.tmp_path)
+    assert len(fits.tokenized["validation"]) == 4  # the default cap (200) is above the 4 rows

@@ -183,3 +183,80 @@ def test_unwritable_run_folder_is_explained(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(RunFolderError, match="Cannot write the run folder"):
         start_run(config_with(train__output_dir=str(blocker / "run")))
+
+
+# ---------------------------------------------------------------- saving under FSDP / DeepSpeed (stand-in trainers)
+
+
+class StandInTrainer:
+    """What save_sharded_adapter and save_run use of a Trainer; save_model writes what peft would."""
+
+    def __init__(self, fsdp: bool = False, deepspeed: bool = False, rank0: bool = True):
+        from types import SimpleNamespace
+
+        self.is_fsdp_enabled, self.is_deepspeed_enabled, self.rank0 = fsdp, deepspeed, rank0
+        self.state_dict_types: list[str] = []
+        plugin = SimpleNamespace(set_state_dict_type=self.state_dict_types.append)
+        self.accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))
+        self.saved_to: list[str] = []
+        self.state = SimpleNamespace(log_history=[{"loss": 2.0, "step": 1}])
+        self.model = SimpleNamespace(save_pretrained=self._save_pretrained)
+
+    def _save_pretrained(self, folder, safe_serialization=True):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "adapter_model.safetensors").write_text("unsharded weights")
+
+    def save_model(self, folder: str) -> None:
+        self.saved_to.append(folder)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        if self.rank0:
+            for name in ("adapter_model.safetensors", "adapter_config.json", "training_args.bin"):
+                (Path(folder) / name).write_text(name)
+
+    def is_world_process_zero(self) -> bool:
+        return self.rank0
+
+
+@pytest.mark.parametrize("fsdp", [True, False])
+def test_sharded_adapter_is_gathered_and_moved_into_place(tmp_path: Path, fsdp: bool) -> None:
+    from tunebook.runs import save_sharded_adapter
+
+    trainer = StandInTrainer(fsdp=fsdp, deepspeed=not fsdp)
+    save_sharded_adapter(trainer, tmp_path / "adapter")
+    assert trainer.state_dict_types == (["FULL_STATE_DICT"] if fsdp else [])
+    assert trainer.saved_to == [str(tmp_path / ".adapter.gather")]
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # the gathering folder is gone
+
+
+def test_sharded_adapter_on_another_rank_writes_nothing(tmp_path: Path) -> None:
+    from tunebook.runs import save_sharded_adapter
+
+    trainer = StandInTrainer(fsdp=True, rank0=False)
+    save_sharded_adapter(trainer, tmp_path / "adapter")
+    assert trainer.saved_to == [str(tmp_path / ".adapter.gather")]  # it takes part in gathering
+    assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.parametrize("fsdp, deepspeed, rank0", [(False, False, True), (True, False, True), (False, True, True),
+                                                    (True, False, False), (False, False, False)])
+def test_save_run_saves_the_adapter_the_right_way(tmp_path: Path, monkeypatch, fsdp, deepspeed, rank0) -> None:
+    from tunebook import train
+
+    config = apply_overrides(RunConfig(), {"train.output_dir": str(tmp_path / "run")})
+    (tmp_path / "run").mkdir()  # start_run made it
+    tokenizer_saved, sharded_calls = [], []
+    monkeypatch.setattr(train, "save_sharded_adapter", lambda trainer, folder: sharded_calls.append(folder))
+    tokenizer = type("Tok", (), {"save_pretrained": lambda self, folder: tokenizer_saved.append(Path(folder))})()
+    metrics = {"trained_tokens": 10, "trained_tokens_per_second": 5.0, "input_tokens_per_second": 9.0,
+               "peak_memory_mb": 100.0, "final_train_loss": 2.0}
+    adapter = train.save_run(StandInTrainer(fsdp, deepspeed, rank0), tokenizer, config, metrics)
+    run = tmp_path / "run"
+    assert adapter == run / "adapter"
+    assert sharded_calls == ([run / "adapter"] if fsdp or deepspeed else [])
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() is (rank0 and not (fsdp or deepspeed))
+    assert tokenizer_saved == ([run / "adapter"] if rank0 else [])
+    assert (run / "metrics.json").is_file() is rank0 and (run / "environment.json").is_file() is rank0
+    if rank0:
+        assert json.loads((run / "metrics.json").read_text()) == metrics
+        assert (run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
