@@ -67,6 +67,12 @@ def test_collect_metrics_figures_follow_their_definitions(monkeypatch, world_siz
     assert metrics["length_stats"] is stats
 
 
+def test_batch_ends_count_from_the_start_given(monkeypatch) -> None:
+    monkeypatch.setattr(train, "peak_memory_mb", lambda device: 1.0)
+    ends = [b["end_seconds"] for b in train.collect_metrics(fake_trainer(), 12.0, "cpu", {})["batch_log"]]
+    assert ends == [100.0 + 2 * i for i in range(6)]  # no start given: the perf_counter readings themselves
+
+
 def test_collect_metrics_without_logged_losses(monkeypatch) -> None:
     monkeypatch.setattr(train, "peak_memory_mb", lambda device: 1.0)
     trainer = fake_trainer()

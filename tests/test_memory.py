@@ -184,6 +184,7 @@ def test_some_configs_quote_estimates() -> None:
     (7_000_000_000, (4096, 33, 11008, 32)),
     (3_000_000_000, (3072, 25, 8192, 24)),
     (350_000_000, (1536, 9, 4096, 12)),
+    (1_000_000_000, (2304, 13, 6144, 18)),
     (1_000_000, (256, 1, 768, 2)),  # the floors: 256 wide, one layer
 ])
 def test_shape_from_a_bare_count(count: int, dims: tuple) -> None:
@@ -232,3 +233,20 @@ def test_format_table_text() -> None:
     off = gpu_fit_table(model_names=("1b",), methods=("lora",), gpus_gib=(16,), gradient_checkpointing=False)
     assert format_table(off).splitlines()[-1].startswith("batch 1, seq 2048, gradient checkpointing off;")
     assert format_table([]) == "(no rows)"
+
+
+def test_shape_from_a_model_folder_and_an_embedded_name(tiny_model_dir) -> None:
+    from transformers import AutoConfig
+
+    shape = shape_from_name(str(tiny_model_dir))
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    assert shape.name == str(tiny_model_dir) and shape.hidden_size == config.hidden_size == 64
+    assert shape.num_parameters == sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+    smollm = shape_from_name("smollm2-135m-instruct")  # embedded: its config from the package's cache
+    assert (smollm.name, smollm.hidden_size, smollm.num_layers, smollm.vocab_size) == (
+        "smollm2-135m-instruct", 576, 30, 49152)
+
+
+def test_inference_estimate_names_its_method() -> None:
+    est = estimate_memory(shape_from_name("1b"), "qlora-4bit", inference=True)
+    assert est.method == "qlora-4bit" and est.breakdown().startswith("qlora-4bit: ")

@@ -307,3 +307,37 @@ def test_bad_reference_message() -> None:
     with pytest.raises(ValueError) as info:
         _parse_reference("nope", 3)
     assert str(info.value) == "reference at index 3 is not a JSON dict of lists of strings: 'nope'"
+
+
+def test_a_substring_that_is_no_word_is_still_a_boundary_error() -> None:
+    assert categorize_errors(_ref(["Ada"]), _ref(["Adam Smith"])) == ["boundary"]
+    assert categorize_errors(_ref(["Adam Smith"]), _ref(["Ada"])) == ["boundary"]
+
+
+def test_empty_overlap_scores_message() -> None:
+    from tunebook.metrics.text_overlap import overlap_scores
+
+    with pytest.raises(ValueError) as info:
+        overlap_scores([], [])
+    assert str(info.value) == "text_overlap needs at least one example"
+
+
+@pytest.mark.parametrize("module, cls, predictions, references", [
+    ("classification", "Classification", [0, 1, 1], [0, 1, 0]),
+    ("entity_f1", "EntityF1", ['{"person": ["Ada"]}'], ['{"person": ["Ada", "Bob"]}']),
+    ("text_overlap", "TextOverlap", ["Paris."], ["paris"]),
+])
+def test_metric_classes_compute_their_plain_functions(module, cls, predictions, references) -> None:
+    """The evaluate.Metric classes, built directly: their features and what compute() returns."""
+    import importlib
+
+    mod = importlib.import_module(f"tunebook.metrics.{module}")
+    metric = getattr(mod, cls)()
+    plain = {"classification": "classification_scores", "entity_f1": "entity_scores",
+             "text_overlap": "overlap_scores"}[module]
+    assert metric.compute(predictions=predictions, references=references) == getattr(mod, plain)(predictions, references)
+    info = metric._info()
+    assert set(info.features) == {"predictions", "references"}
+    assert info.description == mod._DESCRIPTION and info.inputs_description == mod._KWARGS_DESCRIPTION
+    dtype = "int64" if module == "classification" else "string"
+    assert info.features["predictions"].dtype == info.features["references"].dtype == dtype

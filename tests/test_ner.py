@@ -163,3 +163,21 @@ def test_conll_details(tmp_path: Path) -> None:
     tag_not_last.write_text("Ada B-PER x\n")
     with pytest.raises(DataValidationError, match="line 1: expected a token"):
         read_file(tag_not_last)
+
+
+@pytest.mark.parametrize("tags, spans", [
+    (["B-PER", "E-PER", "I-PER"], [("PER", 0, 2), ("PER", 2, 3)]),  # E closes: a following I- starts anew
+    (["S-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 2)]),  # so does S
+    (["U-ORG", "I-ORG"], [("ORG", 0, 1), ("ORG", 1, 2)]),
+    (["B-LOC", "L-LOC", "I-LOC"], [("LOC", 0, 2), ("LOC", 2, 3)]),
+    (["L-ORG"], [("ORG", 0, 1)]),  # an E/L without its B still marks a one-token entity
+    (["O", "E-PER"], [("PER", 1, 2)]),
+    (["B_PER_NAME", "I_PER_NAME"], [("PER_NAME", 0, 2)]),  # only the first underscore separates
+])
+def test_entity_spans_closing_tags(tags: list[str], spans: list[tuple[str, int, int]]) -> None:
+    assert entity_spans(tags) == spans
+
+
+def test_conll_sniffing_reads_the_last_column() -> None:
+    assert looks_like_conll("EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n")
+    assert not looks_like_conll("EU B-ORG NNP\n")

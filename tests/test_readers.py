@@ -146,6 +146,12 @@ def test_hub_dataset(monkeypatch) -> None:
     assert {s: (t.rows, t.source, t.lines) for s, t in tables.items()} == {
         "train": ([{"a": 1}], "org/set [train]", None), "validation": ([{"a": 2}], "org/set [dev]", None),
         "extra": ([{"a": 3}], "org/set [extra]", None)}
+    def silent_failure(name):
+        raise ConnectionError()
+
+    monkeypatch.setattr(datasets, "load_dataset", silent_failure)
+    assert "failed (ConnectionError: ConnectionError)." in error(read_splits, "org/any")
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
     assert error(read_splits, "org/missing") == (
         "'org/missing' is not a local file or folder, and loading it from the Hugging Face Hub failed "
         "(FileNotFoundError: Dataset 'org/missing' doesn't exist on the Hub). Check the path, or use a shipped "

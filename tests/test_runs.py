@@ -110,10 +110,22 @@ def test_last_complete_checkpoint_is_numeric_and_skips_broken_ones(tmp_path: Pat
     assert (tmp_path / "checkpoint-9").is_dir() and (tmp_path / "checkpoint-final").is_dir()
 
 
+def test_checkpoint_choice_is_said(tmp_path: Path, capsys) -> None:
+    make_checkpoint(tmp_path, 3)
+    make_checkpoint(tmp_path, 5, complete=False)
+    last_complete_checkpoint(tmp_path)
+    out = capsys.readouterr().out
+    assert ("--resume: removing checkpoint-5: its trainer_state.json is missing or cut short (the run stopped while "
+            "saving it)") in out
+    assert "--resume: continuing from checkpoint-3" in out
+
+
 def test_no_complete_checkpoint(tmp_path: Path) -> None:
     make_checkpoint(tmp_path, 2, complete=False)
-    with pytest.raises(RunFolderError, match="no complete checkpoint in"):
+    with pytest.raises(RunFolderError) as info:
         last_complete_checkpoint(tmp_path)
+    assert str(info.value) == (f"--resume: no complete checkpoint in {tmp_path}; the run stopped before its first "
+                               "checkpoint (train.save_steps). Start it again with --overwrite.")
     with pytest.raises(RunFolderError, match="no complete checkpoint"):
         last_complete_checkpoint(tmp_path / "none")
 
