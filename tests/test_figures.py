@@ -132,6 +132,24 @@ def test_training_step_counts_classification_rows_as_no_trained_tokens(tmp_path)
              "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]), "labels": torch.tensor([0, 2])}
     trainer.training_step(model, batch)
     assert (trainer.trained_tokens, trainer.input_tokens, trainer.padded_tokens) == (0, 7, 8)
+    assert trainer.batch_log[0]["trained_tokens"] == 0
+    trainer.training_step(model, {"input_ids": batch["input_ids"], "labels": batch["labels"]})  # no mask: all real
+    assert (trainer.input_tokens, trainer.padded_tokens, trainer.micro_batches) == (7 + 8, 16, 2)
+
+
+def test_training_step_passes_the_token_count_for_the_loss(smollm_tokenizer, tmp_path) -> None:
+    """With num_items_in_batch (gradient accumulation), the loss is a sum over that many tokens, not a mean."""
+    tok = smollm_tokenizer
+    row = tokenize_example({"instruction": "Hi?", "input": "", "output": "Hello there."}, tok, DataConfig())
+    batch = completion_collator(tok)([{k: row[k] for k in ("input_ids", "labels")}])
+    model = apply_lora(make_tiny_llama(len(tok), pad_token_id=tok.pad_token_id), LoraSettings(r=2), verbose=False)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to="none")
+    trainer = train.TunebookTrainer(model, args)  # positional, as Trainer allows
+    trainer.current_gradient_accumulation_steps = 1
+    mean = trainer.training_step(model, dict(batch))
+    summed = trainer.training_step(model, dict(batch), num_items_in_batch=torch.tensor(1000))
+    trained = sum(label != IGNORE_INDEX for label in row["labels"][1:])  # shifted: the first label predicts nothing
+    assert float(summed) == pytest.approx(float(mean) * trained / 1000, rel=1e-4)
 
 
 # ---------------------------------------------------------------- memory estimate, term by term

@@ -250,3 +250,22 @@ def test_shape_from_a_model_folder_and_an_embedded_name(tiny_model_dir) -> None:
 def test_inference_estimate_names_its_method() -> None:
     est = estimate_memory(shape_from_name("1b"), "qlora-4bit", inference=True)
     assert est.method == "qlora-4bit" and est.breakdown().startswith("qlora-4bit: ")
+
+
+def test_llama_biases_are_counted() -> None:
+    config = tiny_llama_config(tied=False, attention_bias=True, mlp_bias=True)
+    shape = shape_from_config(config)
+    assert shape.num_parameters == n_params(LlamaForCausalLM(config))
+    assert shape.name == "llama"  # a config without a name_or_path is named by its type
+    only_attention = tiny_llama_config(tied=False, attention_bias=True)
+    assert shape_from_config(only_attention).num_parameters == n_params(LlamaForCausalLM(only_attention))
+
+
+@pytest.mark.parametrize("targets", ["auto", ["key"], ["dense"], ["query", "value"]])
+def test_bert_lora_parameter_count_matches_peft(targets):
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=48, max_position_embeddings=40)
+    model = get_peft_model(BertModel(config), LoraConfig(r=4, target_modules=(
+        TARGET_MODULES_BY_ARCHITECTURE["bert"] if targets == "auto" else targets)))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert shape_from_config(config).lora_parameters(4, targets) == trainable

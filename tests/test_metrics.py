@@ -341,3 +341,17 @@ def test_metric_classes_compute_their_plain_functions(module, cls, predictions, 
     assert info.description == mod._DESCRIPTION and info.inputs_description == mod._KWARGS_DESCRIPTION
     dtype = "int64" if module == "classification" else "string"
     assert info.features["predictions"].dtype == info.features["references"].dtype == dtype
+
+
+def test_two_boundary_errors_each_explain_their_gold_entity() -> None:
+    assert categorize_errors(_ref(["Ada", "Bob"]), _ref(["Ada Lovelace", "Bob Smith"])) == ["boundary"]
+    assert categorize_errors(_ref([], ["Paris", "Rome"]), _ref([], [], ["Paris", "Rome"])) == ["wrong_type"]
+
+
+def test_classification_scores_read_numeric_text_and_say_what_is_wrong() -> None:
+    from tunebook.metrics.classification import classification_scores
+
+    assert classification_scores([1, 0], ["1", "0"])["accuracy"] == 1.0  # ids read back from text files
+    with pytest.raises(ValueError) as info:
+        classification_scores([0], [0, 1])
+    assert str(info.value) == "predictions and references must be 1-D and of equal length"
