@@ -287,3 +287,39 @@ def test_run_evaluation_of_a_classifier(tiny_model_dir, tmp_data, tmp_path):
         assert (out / f"confusion_matrix_{name}.png").read_bytes()[:4] == b"\x89PNG"
         correct = sum(line[f"{name}_output"] == line["reference"] for line in lines)
         assert results[name]["accuracy"] == correct / 3 and results[name]["labels"] == labels
+
+
+class _Bar:
+    """Stands in for tqdm: records how each progress bar is labelled and how far it got."""
+
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.n = kwargs, 0
+        _Bar.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        self.n += n
+
+
+def test_progress_bars_count_rows(tokenizer, tiny_model, monkeypatch):
+    import tunebook.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "tqdm", _Bar)
+    _Bar.made = []
+    generate(tiny_model, tokenizer, _prompts(tokenizer, SENTENCES[:3]), max_new_tokens=2, batch_size=2, autocast=False,
+             desc="generate (base)")
+    config = tiny_llama_for(tokenizer).config
+    config.num_labels = 2
+    model = LlamaForSequenceClassification(config)
+    data = Dataset.from_list([{"input_ids": tokenizer(t)["input_ids"], "label": 0} for t in ("a", "b c", "d")])
+    evaluate_classification(model, tokenizer, data, ["x", "y"], batch_size=2, autocast=False, desc="classify (tuned)")
+    assert [(b.kwargs, b.n) for b in _Bar.made] == [
+        ({"total": 3, "desc": "generate (base)", "unit": "row"}, 3),
+        ({"total": 3, "desc": "classify (tuned)", "unit": "row"}, 3)]

@@ -269,3 +269,25 @@ def test_bert_lora_parameter_count_matches_peft(targets):
         TARGET_MODULES_BY_ARCHITECTURE["bert"] if targets == "auto" else targets)))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert shape_from_config(config).lora_parameters(4, targets) == trainable
+
+
+def test_estimate_terms_are_whole_bytes() -> None:
+    for method in METHODS:
+        est = estimate_memory(shape_from_name("7b"), method, batch_size=3, seq_len=100)
+        values = [est.weights, est.adapter, est.gradients, est.optimizer_state, est.activations, est.logits,
+                  est.kv_cache, est.overhead]
+        assert all(type(v) is int for v in values), (method, [type(v) for v in values])
+
+
+def test_explicit_head_dim_and_bert_heads() -> None:
+    plain = shape_from_config(tiny_llama_config(tied=False))
+    assert plain.head_dim is None and plain.kv_dim == 2 * 16
+    wide = tiny_llama_config(tied=False, head_dim=32)  # heads x head_dim != hidden (as Gemma's)
+    shape = shape_from_config(wide)
+    assert shape.head_dim == 32 and shape.kv_dim == 2 * 32
+    assert shape.num_parameters == n_params(LlamaForCausalLM(wide))
+    bert = shape_from_config(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=48, max_position_embeddings=40))
+    assert (bert.num_attention_heads, bert.num_kv_heads, bert.architecture) == (4, 4, "bert")
+    assert estimate_memory(bert, "lora", batch_size=2, seq_len=8, device="cpu").activations == 2 * 8 * 2 * (
+        20 * 32 + 8 * 48 + 4 * 32)

@@ -355,3 +355,10 @@ def test_classification_scores_read_numeric_text_and_say_what_is_wrong() -> None
     with pytest.raises(ValueError) as info:
         classification_scores([0], [0, 1])
     assert str(info.value) == "predictions and references must be 1-D and of equal length"
+
+
+def test_bad_reference_is_named_by_its_index() -> None:
+    from tunebook.metrics.entity_f1 import entity_scores
+
+    with pytest.raises(ValueError, match=r"^reference at index 1 is not a JSON dict"):
+        entity_scores([_ref(), _ref()], [_ref(), "[]"])

@@ -193,3 +193,10 @@ def test_chat_errors_name_the_row_and_the_fix(tmp_path: Path) -> None:
                                f"'content': 'hi'}}. {fix}")
     with pytest.raises(DataValidationError, match=r"field 'dialog': expected a non-empty list, got None"):
         chat(tmp_path, [{"dialog": good["messages"]}, {"dialog": None}], columns={"messages": "dialog"})
+
+
+def test_messages_column_wins_over_conversations(tmp_path: Path) -> None:
+    rows = [{"messages": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."}],
+             "conversations": "not used"} for i in range(10)]
+    _, (data, _) = chat(tmp_path, rows)
+    assert data["train"][0]["messages"][1]["content"].startswith("A")
