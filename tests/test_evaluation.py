@@ -323,3 +323,47 @@ def test_progress_bars_count_rows(tokenizer, tiny_model, monkeypatch):
     assert [(b.kwargs, b.n) for b in _Bar.made] == [
         ({"total": 3, "desc": "generate (base)", "unit": "row"}, 3),
         ({"total": 3, "desc": "classify (tuned)", "unit": "row"}, 3)]
+
+
+def test_compare_table_text_is_aligned():
+    table = compare_table({"f1": 0.5, "n": 3, "per_type": {"person": {"f1": 0.25}}}, {"f1": 0.75, "n": 4},
+                          ["f1", "n", "per_type.person.f1", "missing"])
+    assert table.splitlines() == [
+        "metric                base   tuned    delta",
+        "-------------------------------------------",
+        "f1                  0.5000  0.7500  +0.2500",
+        "n                        3       4  +1.0000",  # integers as they are; the delta as a number
+        "per_type.person.f1  0.2500       -        -",  # one side missing: no delta
+        "missing                  -       -        -",
+    ]
+
+
+def test_run_evaluation_prints_the_before_after_table(tiny_model_dir, tmp_data, tmp_path, capsys):
+    rows = [{"input": f"Person {i} lives in City {i}.", "output": _ref(person=[f"Person {i}"], location=[f"City {i}"])}
+            for i in range(20)]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run",
+                               **{"data.instruction": "Extract the named entities as JSON."})
+    _save_untrained_adapter(config)
+    results = run_evaluation(config)
+    assert set(results["base"]["error_counts"]) == {"correct", "invalid_json", "missing_entity", "wrong_type",
+                                                    "invented_entity", "boundary"}
+    assert isinstance(results["base"]["error_examples"], dict) and "errors" not in results["base"]
+    out = capsys.readouterr().out
+    table = compare_table(results["base"], results["tuned"], ["f1", "precision", "recall", "valid_json_rate",
+                                                              "exact_match", *[f"per_type.{t}.f1" for t in (
+                                                                  "date", "location", "organization", "person")],
+                                                              "perplexity"])
+    assert f"test, 2 rows:\n{table}" in out
+    assert "classification head is untrained" not in out
+
+
+def test_run_evaluation_of_a_classifier_says_its_head_is_new(tiny_model_dir, tmp_data, tmp_path, capsys):
+    labels = ["a", "b"]
+    rows = [{"text": f"{label} story {i}", "label": label} for i in range(10) for label in labels]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run", **{
+        "model.task": "sequence-classification", "data.recipe": "classification", "data.labels": labels})
+    results = run_evaluation(config)  # no adapter: the base only
+    out = capsys.readouterr().out
+    assert "base: the classification head is untrained (random), so base scores are near chance" in out
+    assert f"test, 2 rows:\n{compare_table(results['base'], {}, ['accuracy', 'macro_f1'])}" in out
+    assert "no adapter at" in out and list(results)[-1] == "base"

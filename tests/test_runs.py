@@ -272,3 +272,16 @@ def test_save_run_saves_the_adapter_the_right_way(tmp_path: Path, monkeypatch, f
     if rank0:
         assert json.loads((run / "metrics.json").read_text()) == metrics
         assert (run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_save_run_reports_input_tokens_when_nothing_is_token_trained(tmp_path: Path, capsys) -> None:
+    from tunebook import train
+
+    config = apply_overrides(RunConfig(), {"train.output_dir": str(tmp_path / "run")})
+    (tmp_path / "run").mkdir()
+    tokenizer = type("Tok", (), {"save_pretrained": lambda self, folder: None})()
+    metrics = {"trained_tokens": 0, "trained_tokens_per_second": 0.0, "input_tokens_per_second": 321.4,
+               "peak_memory_mb": 99.6, "final_train_loss": 1.23456}
+    train.save_run(StandInTrainer(), tokenizer, config, metrics)
+    assert (f"adapter saved to {tmp_path / 'run' / 'adapter'}; 321 input tokens/s, peak memory 100 MB, final train "
+            "loss 1.2346") in capsys.readouterr().out
