@@ -9,7 +9,7 @@ comparison can run on the same sample in a fraction of the time.
 
 Score = killed / (killed + survived + no tests), counting timeouts as killed (the mutant made a
 test hang or loop) and leaving out mutants not yet checked. Mutants listed as equivalent in
-tests/README.md (lines of the form ``- `tunebook.mod.x_func__mutmut_N`: reason``) are taken out of the
+tests/README.md (lines of the form ``- `tunebook.mod.x_func__mutmut_N`, `...`: reason``) are taken out of the
 denominator: no test can kill a change that does not change behaviour.
 """
 
@@ -27,7 +27,8 @@ KILLED = {1, 3, 36, 24, -24, 152, 255, 37}  # test failure, pytest internal erro
 SURVIVED = {0}
 NO_TESTS = {5, 33}
 NOT_CHECKED = {None}
-_EQUIVALENT = re.compile(r"^\s*[-*] `([\w.ǁ]+__mutmut_\d+)`")
+_EQUIVALENT_LINE = re.compile(r"^\s*[-*] `[\w.ǁ]+__mutmut_\d+`")
+_MUTANT = re.compile(r"`([\w.ǁ]+__mutmut_\d+)`")
 
 
 def results(mutants: Path) -> dict[str, int | None]:
@@ -46,7 +47,9 @@ def in_sample(name: str, fraction: float) -> bool:
 def equivalent_mutants(readme: Path | None) -> set[str]:
     if readme is None or not readme.is_file():
         return set()
-    return {m[1] for line in readme.read_text().splitlines() if (m := _EQUIVALENT.match(line))}
+    lines = [line.split(":")[0] if "`:" in line else line for line in readme.read_text().splitlines()
+             if _EQUIVALENT_LINE.match(line)]
+    return {name for line in lines for name in _MUTANT.findall(line)}
 
 
 def module_of(name: str) -> str:
