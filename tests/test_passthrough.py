@@ -84,8 +84,8 @@ class Wired:
 class Ctx:
     """Fixtures a check may need: a tokenizer, the tiny model folder, files, and the wiring."""
 
-    def __init__(self, tmp_path: Path, tokenizer, model_dir: Path, monkeypatch: pytest.MonkeyPatch):
-        self.tmp_path, self.tokenizer, self.model_dir, self.monkeypatch = tmp_path, tokenizer, model_dir, monkeypatch
+    def __init__(self, tmp_path: Path, tokenizer, model_dir: Path):
+        self.tmp_path, self.tokenizer, self.model_dir = tmp_path, tokenizer, model_dir
         self.instruction_file = write_rows(tmp_path / "instr" / "train.jsonl", INSTRUCTION_ROWS)
         self.topics_file = write_rows(tmp_path / "topics" / "train.jsonl", TOPIC_ROWS)
 
@@ -571,8 +571,8 @@ def _eval_max_new_tokens(config: RunConfig, ctx: Ctx) -> None:
 
 
 @pytest.fixture
-def ctx(tmp_path, smollm_tokenizer, tiny_model_dir, monkeypatch) -> Ctx:
-    return Ctx(tmp_path, smollm_tokenizer, tiny_model_dir, monkeypatch)
+def ctx(tmp_path, smollm_tokenizer, tiny_model_dir) -> Ctx:
+    return Ctx(tmp_path, smollm_tokenizer, tiny_model_dir)
 
 
 def base_config(ctx: Ctx) -> RunConfig:
