@@ -243,6 +243,14 @@ def test_ranges_come_from_the_field_metadata() -> None:
             apply_overrides(RunConfig(), {key: value})
 
 
+def test_error_lines_count_from_the_file_start(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("# comment\nmodel:\n  name: x\ntrain:\n  max_steps: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}, line 5: train.max_steps: 0 is out of range: it must be >= 1."
+
+
 def test_saved_config_keeps_the_field_order(tmp_path: Path) -> None:
     save_config(RunConfig(), tmp_path / "c.yaml")
     lines = (tmp_path / "c.yaml").read_text().splitlines()

@@ -209,3 +209,13 @@ def test_nan_loss_stops_at_the_step_it_happens(smollm_tokenizer, tmp_path) -> No
         "Loss became nan at step 7. Lower train.learning_rate, try train.precision: fp32, or check the data for "
         "empty answers. The adapter was not saved; checkpoints before this step are kept.")
     assert trainer.trained_tokens == 0 and trainer.batch_log == []  # a diverged step is not counted
+
+
+def test_hardware_decisions_on_a_gpu(monkeypatch) -> None:
+    from tunebook import train
+
+    monkeypatch.setattr(train, "choose_device", lambda: environment.Decision("cuda", "test GPU"))
+    config = apply_overrides(RunConfig(), {"model.quantization": "4bit", "train.precision": "bf16"})
+    decisions = train.hardware_decisions(config)
+    assert (decisions.device.value, decisions.precision.value, decisions.optimizer.value) == (
+        "cuda", "bf16", "paged_adamw_8bit")

@@ -367,3 +367,33 @@ def test_run_evaluation_of_a_classifier_says_its_head_is_new(tiny_model_dir, tmp
     assert "base: the classification head is untrained (random), so base scores are near chance" in out
     assert f"test, 2 rows:\n{compare_table(results['base'], {}, ['accuracy', 'macro_f1'])}" in out
     assert "no adapter at" in out and list(results)[-1] == "base"
+
+
+def test_example_input_per_recipe():
+    from tunebook.evaluation import example_input
+
+    chat = {"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
+                         {"role": "user", "content": "second"}, {"role": "assistant", "content": "b"}]}
+    assert example_input(chat, DataConfig(recipe="chat")) == "second"
+    assert example_input({"instruction": "Q", "input": "ctx"}, DataConfig()) == "ctx"
+    assert example_input({"instruction": "Q", "input": ""}, DataConfig()) == "Q"
+    assert example_input({"input": ""}, DataConfig(instruction="Fixed.")) == "Fixed."
+
+
+def test_generate_passes_the_autocast_choice_on(tokenizer, tiny_model, monkeypatch):
+    import tunebook.evaluation as evaluation
+
+    seen, real = [], evaluation._autocast
+    monkeypatch.setattr(evaluation, "_autocast", lambda model, enabled: seen.append(enabled) or real(model, enabled))
+    for choice in (False, None, True):
+        generate(tiny_model, tokenizer, _prompts(tokenizer, SENTENCES[:1]), max_new_tokens=1, autocast=choice)
+    assert seen == [False, None, True]
+
+
+def test_misaligned_evaluation_rows_are_a_bug_report():
+    from tunebook.evaluation import EvalSplit
+
+    raw, tokenized = Dataset.from_list([{"row": 1}, {"row": 2}]), Dataset.from_list([{"row": 2}, {"row": 1}])
+    with pytest.raises(RuntimeError) as info:
+        EvalSplit(raw, tokenized, tokenized, None, "test", 2)
+    assert str(info.value) == "tunebook bug: tokenized and raw evaluation rows are not aligned."

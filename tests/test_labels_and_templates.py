@@ -234,3 +234,27 @@ def test_generation_sends_the_training_prompt_and_decodes_the_answer(chat_tokeni
         text = tok.decode(by_last[i], skip_special_tokens=True).strip()
         assert outputs[i] == text and text in ("Paris.", "Hello there, friend.")
         assert end_text(tok) not in outputs[i]
+
+
+@pytest.mark.parametrize("first, bad, text", [
+    (0, 3, "id 3 is outside 0..2, the ids of data.labels ['Dr. Who', 'Mr. X', 'Ms. Y']. If your ids start at 1, "
+           "set data.first_label_id: 1."),
+    (1, 0, "id 0 is outside 1..3, the ids of data.labels ['Dr. Who', 'Mr. X', 'Ms. Y']. Label 0 in 1-based data: "
+           "fix the row, or set data.first_label_id: 0 if ids start at 0."),
+    (1, 5, "id 5 is outside 1..3, the ids of data.labels ['Dr. Who', 'Mr. X', 'Ms. Y']."),
+])
+def test_label_errors_in_full_even_when_names_hold_a_full_stop(tmp_data, first: int, bad: int, text: str) -> None:
+    rows = [{"text": f"text {i}", "label": first + i % 3} for i in range(6)]
+    rows[2]["label"] = bad
+    path = tmp_data(rows)
+    with pytest.raises(DataValidationError) as info:
+        load_and_validate(DataConfig(path=str(path), recipe="classification", labels=["Dr. Who", "Mr. X", "Ms. Y"],
+                                     first_label_id=first))
+    assert str(info.value) == f"{path}, line 3, field 'label': {text}"
+
+
+def test_stop_tokens_are_the_end_of_turn_then_eos(chat_tokenizer) -> None:
+    tok = chat_tokenizer
+    end = end_of_turn_id(tok)
+    assert stop_token_ids(tok) == ([end] if tok.eos_token_id == end else [end, tok.eos_token_id])
+    assert len(stop_token_ids(tok)) == (2 if tok.style in ("llama3", "gemma", "phi3") else 1)

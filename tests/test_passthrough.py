@@ -154,6 +154,8 @@ def _model_name(config: RunConfig, ctx: Ctx) -> None:
     assert [source for source, _ in wired.model_calls] == [config.model.name]
     assert [source for source, _ in wired.tokenizer_calls] == [config.model.name]
     assert wired.trainer_kwargs["model"].base_model.model.config.hidden_size == 64  # the tiny model itself
+    # The tokenizer goes to the Trainer too: checkpoints carry it, so a resumed run has the same one.
+    assert wired.trainer_kwargs["processing_class"].name_or_path == config.model.name
 
 
 @passes("model.task", "sequence-classification", data__recipe="classification",

@@ -186,8 +186,10 @@ def test_resume_rules(tmp_path: Path) -> None:
     (run / "adapter").mkdir()
     (run / "adapter" / "adapter_config.json").write_text("{}")
     (run / "metrics.json").write_text("{}")
-    with pytest.raises(RunFolderError, match="is finished"):
+    with pytest.raises(RunFolderError) as info:
         start_run(config, resume=True)
+    assert str(info.value) == (f"--resume: the run in {run} is finished (adapter and metrics.json saved). Evaluate "
+                               "it, or train again with --overwrite or into a new train.output_dir.")
 
 
 def test_unwritable_run_folder_is_explained(tmp_path: Path) -> None:
