@@ -487,3 +487,24 @@ def test_explicit_column_for_optional_role_must_exist(tmp_path) -> None:
     config = DataConfig(path=str(path), instruction="Do it.", columns={"input": "text"})
     with pytest.raises(DataValidationError, match=r"missing column 'text'.*data.columns.input"):
         load_and_validate(config)
+
+
+@pytest.mark.parametrize("total, sizes, expected", [
+    (3, [5, 3, 2], [1, 1, 1]),  # shares 1.5, 0.9, 0.6: the two largest remainders get the 2 left over
+    (7, [1, 2, 4], [1, 2, 4]),  # exact shares
+    (2, [1, 1, 6], [0, 0, 2]),  # shares 0.25, 0.25, 1.5: the 6-row stratum has the largest remainder
+    (1, [2, 2], [1, 0]),  # a tie in remainder and size: the first stratum, always
+])
+def test_apportion_by_largest_remainders(total: int, sizes: list[int], expected: list[int]) -> None:
+    from tunebook.data import _apportion
+
+    assert _apportion(total, sizes) == expected and sum(expected) == total
+
+
+def test_empty_text_message_in_full(tmp_data) -> None:
+    rows = instruction_rows(3)
+    rows[1]["output"] = "  "
+    path = tmp_data(rows)
+    with pytest.raises(DataValidationError) as info:
+        load(path)
+    assert str(info.value) == f"{path}, line 2, field 'output': expected non-empty text, got '  '. Fix or remove the row."

@@ -219,3 +219,19 @@ def test_hardware_decisions_on_a_gpu(monkeypatch) -> None:
     decisions = train.hardware_decisions(config)
     assert (decisions.device.value, decisions.precision.value, decisions.optimizer.value) == (
         "cuda", "bf16", "paged_adamw_8bit")
+
+
+def test_only_the_main_process_describes_the_adapter(smollm_tokenizer, monkeypatch, capsys) -> None:
+    import copy
+
+    from conftest import make_tiny_llama
+    from tunebook import train
+
+    base = make_tiny_llama(len(smollm_tokenizer))
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: copy.deepcopy(base))
+    config = RunConfig()
+    decisions = train.Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
+    for main, says in ((True, True), (False, False)):
+        monkeypatch.setattr(train, "is_main_process", lambda: main)
+        train.build_model(config, decisions, None)
+        assert ("LoRA r=16 alpha=32 on" in capsys.readouterr().out) is says
