@@ -277,3 +277,32 @@ def test_override_into_an_empty_section(tmp_path: Path) -> None:
     path.write_text("train:\nlora:\n  r: 4\n")  # train: is null in YAML
     config = load_config(path, ["train.max_steps=7", "eval.batch_size=3"])
     assert (config.train.max_steps, config.eval.batch_size, config.lora.r) == (7, 3, 4)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"train": {"max_steps": "x"}}, "train.max_steps: expected a whole number, got 'x'."),
+    ({"model": {"name": 5}}, "model.name: expected text, got 5."),
+    ({"data": {"max_length": "x"}}, "data.max_length: 'x' does not fit a whole number or null."),
+    ({"model": {"task": "x"}}, "model.task: 'x' is not one of 'causal-lm', 'sequence-classification'."),
+    ({"train": {"gradient_checkpointing": "x"}},
+     "train.gradient_checkpointing: 'x' does not fit true or false or one of 'auto'."),
+    ({"data": {"validation_fraction": 0.5, "test_fraction": 0.5}},
+     "data.test_fraction: data.validation_fraction (0.5) + data.test_fraction (0.5) must be < 1, so that rows are "
+     "left to train on."),
+    ({"data": {"recipe": "classification"}},
+     "model.task: recipe 'classification' trains a classification head: set model.task: sequence-classification "
+     "(got 'causal-lm')."),
+    ({"model": {"task": "sequence-classification"}},
+     "data.recipe: model.task sequence-classification needs data.recipe: classification (got 'instruction')."),
+])
+def test_config_errors_in_full(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(values)
+    assert str(info.value) == message
+
+
+def test_rule_across_keys_points_at_the_line_of_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  validation_fraction: 0.5\n  test_fraction: 0.5\n")
+    with pytest.raises(ConfigError, match=rf"^{path}, line 3: data.test_fraction: data.validation_fraction"):
+        load_config(path)

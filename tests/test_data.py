@@ -508,3 +508,31 @@ def test_empty_text_message_in_full(tmp_data) -> None:
     with pytest.raises(DataValidationError) as info:
         load(path)
     assert str(info.value) == f"{path}, line 2, field 'output': expected non-empty text, got '  '. Fix or remove the row."
+
+
+def test_example_key_without_an_instruction() -> None:
+    assert example_key({"input": "x", "output": "y"}) == "\nx"
+    assert example_key({"instruction": "q", "output": "y"}) == "q\n"
+
+
+def test_every_row_leaked_message(tmp_data) -> None:
+    rows = instruction_rows(10)
+    train = tmp_data(rows, "train.jsonl")
+    test = tmp_data(rows[:2], "test.jsonl")
+    with pytest.raises(DataValidationError) as info:
+        load(train.parent, drop_leaked_rows=True)
+    assert str(info.value) == (f"Every row of {test} also appears in {train}: nothing is left to evaluate on. Give "
+                               "held-out rows.")
+
+
+def test_no_train_split_message(tmp_data) -> None:
+    test = tmp_data(instruction_rows(3), "test.jsonl")
+    with pytest.raises(DataValidationError) as info:
+        load_and_validate(DataConfig(path={"test": str(test)}))
+    assert str(info.value) == ("No train split found (splits: ['test']). Name a file train.*, or map data.path: "
+                               "{train: ...}.")
+
+
+def test_capped_training_sample_has_no_repeats(tmp_data) -> None:
+    data, _ = load(tmp_data(instruction_rows(40)), max_train_examples=30)
+    assert len(data["train"]) == 30 and len(set(data["train"]["row"])) == 30

@@ -375,3 +375,15 @@ def test_trained_segments_with_several_runs(smollm_tokenizer) -> None:
     assert show_trained_tokens(ids, labels, tok, as_html=True) == (
         '<pre style="white-space:pre-wrap"><span style="color:#888">a</span><span style="background:#b7f5b0"> b</span>'
         '<span style="color:#888"> c</span><span style="background:#b7f5b0"> d e</span></pre>')
+
+
+def test_template_that_rewrites_the_prompt_is_refused(smollm_tokenizer) -> None:
+    tok = copy.deepcopy(smollm_tokenizer)
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<gen>{% else %}<|im_end|>{% endif %}")
+    with pytest.raises(TemplateError) as info:
+        tokenize_example({"instruction": "Q", "input": "", "output": "A"}, tok, INSTRUCTION)
+    assert str(info.value) == (
+        "The chat template renders the conversation differently once the answer is added (the prompt 'Q<gen>' is not "
+        "a prefix of the full text 'QA<|im_end|>'), so the trained tokens cannot be separated from the prompt. Use a "
+        "template whose generation prompt is a prefix of the rendered conversation.")

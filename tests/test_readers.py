@@ -200,3 +200,7 @@ def test_messages_column_wins_over_conversations(tmp_path: Path) -> None:
              "conversations": "not used"} for i in range(10)]
     _, (data, _) = chat(tmp_path, rows)
     assert data["train"][0]["messages"][1]["content"].startswith("A")
+
+
+def test_ndjson_is_json_lines(tmp_path: Path) -> None:
+    assert read_file(write(tmp_path, "train.NDJSON", '{"a": 1}\n')).rows == [{"a": 1}]
