@@ -284,6 +284,8 @@ def test_override_into_an_empty_section(tmp_path: Path) -> None:
     ({"model": {"name": 5}}, "model.name: expected text, got 5."),
     ({"data": {"max_length": "x"}}, "data.max_length: 'x' does not fit a whole number or null."),
     ({"model": {"task": "x"}}, "model.task: 'x' is not one of 'causal-lm', 'sequence-classification'."),
+    ({"model": {"quantization": "x"}}, "model.quantization: 'x' does not fit one of '4bit', '8bit' or null."),
+    ({"data": {"path": 5}}, "data.path: 5 does not fit text or dict[str, str]."),
     ({"train": {"gradient_checkpointing": "x"}},
      "train.gradient_checkpointing: 'x' does not fit true or false or one of 'auto'."),
     ({"data": {"validation_fraction": 0.5, "test_fraction": 0.5}},
