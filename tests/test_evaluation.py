@@ -397,3 +397,28 @@ def test_misaligned_evaluation_rows_are_a_bug_report():
     with pytest.raises(RuntimeError) as info:
         EvalSplit(raw, tokenized, tokenized, None, "test", 2)
     assert str(info.value) == "tunebook bug: tokenized and raw evaluation rows are not aligned."
+
+
+def test_run_evaluation_loads_the_model_as_configured(tiny_model_dir, tmp_data, tmp_path, monkeypatch):
+    """model.* reaches from_pretrained in evaluation as it does in training (trust_remote_code, dtype)."""
+    from tunebook import models
+
+    calls = []
+
+    class Spy:
+        def __init__(self, real):
+            self.real = real
+
+        def from_pretrained(self, source, **kwargs):
+            calls.append((self.real.__name__, source, kwargs))
+            return self.real.from_pretrained(source, **kwargs)
+
+    for name in ("AutoModelForCausalLM", "AutoTokenizer"):
+        monkeypatch.setattr(models, name, Spy(getattr(models, name)))
+    rows = [{"instruction": f"Say {i}.", "output": f"{i}"} for i in range(20)]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run", **{
+        "model.trust_remote_code": True, "eval.max_examples": 1, "eval.max_new_tokens": 1})
+    run_evaluation(config)
+    assert [(name, source, kwargs["trust_remote_code"]) for name, source, kwargs in calls] == [
+        ("AutoTokenizer", str(tiny_model_dir), True), ("AutoModelForCausalLM", str(tiny_model_dir), True)]
+    assert calls[1][2]["dtype"] == torch.float32  # train.precision: fp32, as training stored the base

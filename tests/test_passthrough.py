@@ -652,3 +652,19 @@ def test_pad_to_length_shorter_than_the_longest_example(ctx: Ctx) -> None:
     fits = train.prepare_training_data(apply_overrides(config, {"train.pad_to_length": 69}), ctx.tokenizer,
                                          ctx.tmp_path)
     assert len(fits.tokenized["validation"]) == 4  # the default cap (200) is above the 4 rows
+
+
+@pytest.mark.parametrize("precision, bf16, fp16", [("bf16", True, False), ("fp16", False, True), ("fp32", False, False)])
+def test_precision_reaches_the_trainer_flags(ctx: Ctx, precision: str, bf16: bool, fp16: bool) -> None:
+    args = train.training_arguments(base_config(ctx), ctx.tmp_path, precision, "adamw_torch", has_eval=False)
+    assert (args.bf16, args.fp16) == (bf16, fp16)
+
+
+def test_csv_header_reaches_every_file_of_a_folder(ctx: Ctx) -> None:
+    folder = ctx.tmp_path / "csvs"
+    _headerless_csv(folder / "train.csv")
+    (folder / "test.csv").write_text("".join(f"T{i}?,B{i}.\n" for i in range(5)))
+    config = apply_overrides(base_config(ctx), {"data.path": str(ctx.tmp_path / "csvs"),
+                                                "data.csv_header": ["instruction", "output"]})
+    _, report = load_and_validate(config.data)
+    assert report["rows"] == {"train": 20, "test": 5}  # no first line taken as a header, in either file
