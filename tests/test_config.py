@@ -282,6 +282,7 @@ def test_override_into_an_empty_section(tmp_path: Path) -> None:
 @pytest.mark.parametrize("values, message", [
     ({"train": {"max_steps": "x"}}, "train.max_steps: expected a whole number, got 'x'."),
     ({"model": {"name": 5}}, "model.name: expected text, got 5."),
+    ({"train": {"learning_rate": "x"}}, "train.learning_rate: expected a number, got 'x'."),
     ({"data": {"max_length": "x"}}, "data.max_length: 'x' does not fit a whole number or null."),
     ({"model": {"task": "x"}}, "model.task: 'x' is not one of 'causal-lm', 'sequence-classification'."),
     ({"model": {"quantization": "x"}}, "model.quantization: 'x' does not fit one of '4bit', '8bit' or null."),
