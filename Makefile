@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunebook-installed
 
-.PHONY: setup demo test test-fast bench notebooks lab data clean
+.PHONY: setup demo test test-fast mutate bench notebooks lab data clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,16 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not notebook"
 
+# Mutation testing of the core modules against the fast unit tests (tests/README.md): long, an
+# hour or more on two cores. MUTANTS="tunebook.train*" restricts it to some functions; a second run
+# resumes where the first stopped (`rm -rf mutants` starts afresh). Prints the score per module.
+MUTANTS ?=
+MUTATE_JOBS ?= 2
+mutate: setup
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	OMP_NUM_THREADS=1 TQDM_DISABLE=1 nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
+	$(PY) scripts/mutation_score.py
+
 bench: setup
 	$(PY) benchmarks/bench_training.py
 
@@ -49,7 +59,7 @@ data: setup
 	$(PY) scripts/make_format_examples.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache mutants
 
 # --- GGUF export (docs/export.md) ----------------------------------------------------------------
 # Export a trained run to GGUF and verify it:  make export [QUANT=f16|bf16|q8_0] [EXPORT_CONFIG=...]

@@ -279,3 +279,95 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
 def test_recipe_and_task_must_agree() -> None:
     with pytest.raises(ConfigError, match="set model.task: sequence-classification"):
         apply_overrides(RunConfig(), {"data.recipe": "classification"})
+
+
+def test_suggestion_cutoff_and_no_suggestion() -> None:
+    """Close enough (difflib ratio >= 0.5) gets a suggestion; nothing close gets none, and no filler."""
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"train": {"warm": 0.1}})
+    assert "Unknown config key 'train.warm'. Did you mean 'warmup_ratio'? Valid keys in train:" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"train": {"zzz": 1}})
+    assert str(info.value).startswith("Unknown config key 'train.zzz'. Valid keys in train: output_dir, max_steps,")
+
+
+def test_ranges_come_from_the_field_metadata() -> None:
+    import dataclasses
+
+    from tunebook.config import DataConfig, TrainConfig
+
+    bounds = {f.name: f.metadata.get("range") for f in dataclasses.fields(TrainConfig)}
+    assert bounds["learning_rate"] == (None, 0, 1, None) and bounds["warmup_ratio"] == (0, None, None, 1)
+    assert bounds["output_dir"] is None and TrainConfig().max_steps == 150 and DataConfig().max_length is None
+    for key, value, allowed in [("train.learning_rate", 0.0, "> 0 and <= 1"), ("train.warmup_ratio", 1.0, ">= 0 and < 1"),
+                                ("train.max_steps", 0, ">= 1"), ("data.max_length", 0, ">= 1")]:
+        with pytest.raises(ConfigError, match=f"{key}: {value!r} is out of range: it must be {allowed}."):
+            apply_overrides(RunConfig(), {key: value})
+
+
+def test_error_lines_count_from_the_file_start(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("# comment\nmodel:\n  name: x\ntrain:\n  max_steps: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}, line 5: train.max_steps: 0 is out of range: it must be >= 1."
+
+
+def test_saved_config_keeps_the_field_order(tmp_path: Path) -> None:
+    save_config(RunConfig(), tmp_path / "c.yaml")
+    lines = (tmp_path / "c.yaml").read_text().splitlines()
+    sections = [line for line in lines if not line.startswith(" ")]
+    assert sections == ["model:", "data:", "lora:", "train:", "eval:"]
+    assert [line.split(":")[0].strip() for line in lines[1:5]] == ["name", "task", "quantization", "trust_remote_code"]
+
+
+def test_override_key_shape_errors_in_full() -> None:
+    sections = "model, data, lora, train, eval"
+    for item, hint in [("train.lora.r=3", ""), ("trian.max_steps=1", " Did you mean 'train'?"), ("zzz.r=1", "")]:
+        with pytest.raises(ConfigError) as info:
+            apply_overrides(RunConfig(), [item])
+        key = item.split("=")[0]
+        assert str(info.value) == f"Override key '{key}' must be section.key with section one of {sections}.{hint}"
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(RunConfig(), ["train.max_steps"])
+    assert str(info.value) == ("Override 'train.max_steps' must look like section.key=value, e.g. "
+                               "train.max_steps=20.")
+
+
+def test_override_into_an_empty_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\nlora:\n  r: 4\n")  # train: is null in YAML
+    config = load_config(path, ["train.max_steps=7", "eval.batch_size=3"])
+    assert (config.train.max_steps, config.eval.batch_size, config.lora.r) == (7, 3, 4)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"train": {"max_steps": "x"}}, "train.max_steps: expected a whole number, got 'x'."),
+    ({"model": {"name": 5}}, "model.name: expected text, got 5."),
+    ({"train": {"learning_rate": "x"}}, "train.learning_rate: expected a number, got 'x'."),
+    ({"data": {"max_length": "x"}}, "data.max_length: 'x' does not fit a whole number or null."),
+    ({"model": {"task": "x"}}, "model.task: 'x' is not one of 'causal-lm', 'sequence-classification'."),
+    ({"model": {"quantization": "x"}}, "model.quantization: 'x' does not fit one of '4bit', '8bit' or null."),
+    ({"data": {"path": 5}}, "data.path: 5 does not fit text or dict[str, str]."),
+    ({"train": {"gradient_checkpointing": "x"}},
+     "train.gradient_checkpointing: 'x' does not fit true or false or one of 'auto'."),
+    ({"data": {"validation_fraction": 0.5, "test_fraction": 0.5}},
+     "data.test_fraction: data.validation_fraction (0.5) + data.test_fraction (0.5) must be < 1, so that rows are "
+     "left to train on."),
+    ({"data": {"recipe": "classification"}},
+     "model.task: recipe 'classification' trains a classification head: set model.task: sequence-classification "
+     "(got 'causal-lm')."),
+    ({"model": {"task": "sequence-classification"}},
+     "data.recipe: model.task sequence-classification needs data.recipe: classification (got 'instruction')."),
+])
+def test_config_errors_in_full(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(values)
+    assert str(info.value) == message
+
+
+def test_rule_across_keys_points_at_the_line_of_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  validation_fraction: 0.5\n  test_fraction: 0.5\n")
+    with pytest.raises(ConfigError, match=rf"^{path}, line 3: data.test_fraction: data.validation_fraction"):
+        load_config(path)

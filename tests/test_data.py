@@ -446,6 +446,7 @@ def test_shipped_dataset_loads_and_validates(name: str, capsys: pytest.CaptureFi
     data, report = load(folder, **SHIPPED[name])
     sizes = report["split_sizes"]
     assert set(sizes) == {"train", "validation", "test"} and min(sizes.values()) > 0
+    assert sizes == report["rows"]  # three files given: nothing carved, nothing dropped
     assert not any(key.startswith("duplicates_in_") for key in report)
     assert "duplicate" not in capsys.readouterr().out
     keys = _split_rows(data)  # leakage was checked by validate(); check it independently here
@@ -486,3 +487,52 @@ def test_explicit_column_for_optional_role_must_exist(tmp_path) -> None:
     config = DataConfig(path=str(path), instruction="Do it.", columns={"input": "text"})
     with pytest.raises(DataValidationError, match=r"missing column 'text'.*data.columns.input"):
         load_and_validate(config)
+
+
+@pytest.mark.parametrize("total, sizes, expected", [
+    (3, [5, 3, 2], [1, 1, 1]),  # shares 1.5, 0.9, 0.6: the two largest remainders get the 2 left over
+    (7, [1, 2, 4], [1, 2, 4]),  # exact shares
+    (2, [1, 1, 6], [0, 0, 2]),  # shares 0.25, 0.25, 1.5: the 6-row stratum has the largest remainder
+    (1, [2, 2], [1, 0]),  # a tie in remainder and size: the first stratum, always
+])
+def test_apportion_by_largest_remainders(total: int, sizes: list[int], expected: list[int]) -> None:
+    from tunebook.data import _apportion
+
+    assert _apportion(total, sizes) == expected and sum(expected) == total
+
+
+def test_empty_text_message_in_full(tmp_data) -> None:
+    rows = instruction_rows(3)
+    rows[1]["output"] = "  "
+    path = tmp_data(rows)
+    with pytest.raises(DataValidationError) as info:
+        load(path)
+    assert str(info.value) == f"{path}, line 2, field 'output': expected non-empty text, got '  '. Fix or remove the row."
+
+
+def test_example_key_without_an_instruction() -> None:
+    assert example_key({"input": "x", "output": "y"}) == "\nx"
+    assert example_key({"instruction": "q", "output": "y"}) == "q\n"
+
+
+def test_every_row_leaked_message(tmp_data) -> None:
+    rows = instruction_rows(10)
+    train = tmp_data(rows, "train.jsonl")
+    test = tmp_data(rows[:2], "test.jsonl")
+    with pytest.raises(DataValidationError) as info:
+        load(train.parent, drop_leaked_rows=True)
+    assert str(info.value) == (f"Every row of {test} also appears in {train}: nothing is left to evaluate on. Give "
+                               "held-out rows.")
+
+
+def test_no_train_split_message(tmp_data) -> None:
+    test = tmp_data(instruction_rows(3), "test.jsonl")
+    with pytest.raises(DataValidationError) as info:
+        load_and_validate(DataConfig(path={"test": str(test)}))
+    assert str(info.value) == ("No train split found (splits: ['test']). Name a file train.*, or map data.path: "
+                               "{train: ...}.")
+
+
+def test_capped_training_sample_has_no_repeats(tmp_data) -> None:
+    data, _ = load(tmp_data(instruction_rows(40)), max_train_examples=30)
+    assert len(data["train"]) == 30 and len(set(data["train"]["row"])) == 30

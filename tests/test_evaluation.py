@@ -93,12 +93,22 @@ def test_evaluate_generation_detects_task(tokenizer, tiny_model):
     evaluation = EvalConfig(max_new_tokens=4, batch_size=2)
     extraction = Dataset.from_list([{"input": s, "output": _ref(person=["Ada"])} for s in SENTENCES[:3]])
     result = evaluate_generation(tiny_model, tokenizer, extraction, EXTRACTION, evaluation, autocast=False)
-    assert result["task"] == "extraction"
-    assert {"precision", "recall", "f1", "per_type", "valid_json_rate", "exact_match"} <= set(result)
+    assert result["task"] == "extraction" and result["num_examples"] == 3
     assert len(result["predictions"]) == 3 and result["inputs"] == SENTENCES[:3]
+    assert result["references"] == [_ref(person=["Ada"])] * 3
+    # The scores are entity_f1's on exactly these predictions and references.
+    from tunebook.metrics.entity_f1 import entity_scores
+
+    expected = entity_scores(result["predictions"], result["references"])
+    assert {k: result[k] for k in expected} == expected
     text = Dataset.from_list([{"instruction": "Say hi.", "output": "Hello!"}] * 2)
     result = evaluate_generation(tiny_model, tokenizer, text, DataConfig(), evaluation, autocast=False)
-    assert result["task"] == "text" and {"exact_match", "token_f1", "rouge_l"} <= set(result)
+    assert result["task"] == "text" and result["references"] == ["Hello!", "Hello!"]
+    from tunebook.metrics import load_metric
+
+    expected = load_metric("text_overlap").compute(predictions=result["predictions"], references=result["references"])
+    assert {k: result[k] for k in ("exact_match", "token_f1", "rouge_l")} == {k: expected[k] for k in (
+        "exact_match", "token_f1", "rouge_l")}
     assert detect_task([_ref(), "not json"]) == "text"
     assert detect_task([_ref(), _ref(date=["2019"])]) == "extraction"
 
@@ -112,12 +122,18 @@ def test_evaluate_classification_writes_confusion_matrix(tokenizer, tmp_path):
                               for i, t in enumerate(["a b c", "hello", "news about sport today", "x y", "z"])])
     result = evaluate_classification(model, tokenizer, data, ["A", "B", "C"], batch_size=2,
                                      out_png=tmp_path / "cm.png", autocast=False)
-    assert (tmp_path / "cm.png").stat().st_size > 0
-    assert 0 <= result["accuracy"] <= 1 and sum(map(sum, result["confusion_matrix"])) == 5
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Padding must not change a row's prediction: compare with unpadded one-by-one logits.
     with torch.no_grad():
         single = [int(model(input_ids=torch.tensor([ids])).logits.argmax(-1)) for ids in data["input_ids"]]
     assert result["predictions"] == single
+    # The scores are those of these predictions against the split's labels.
+    references = [i % 3 for i in range(5)]
+    assert result["references"] == references and result["labels"] == ["A", "B", "C"]
+    assert result["num_examples"] == 5
+    assert result["accuracy"] == sum(p == r for p, r in zip(single, references)) / 5
+    matrix = [[sum(1 for p, r in zip(single, references) if (r, p) == (t, q)) for q in range(3)] for t in range(3)]
+    assert result["confusion_matrix"] == matrix
 
 
 def test_error_analysis_counts_and_examples():
@@ -166,11 +182,16 @@ def test_run_evaluation_on_smollm2(tmp_path):
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert saved["task"] == "extraction" and saved["num_examples"] == 4
-    for name in ("base", "tuned"):
-        for key in ("precision", "recall", "f1", "valid_json_rate", "exact_match"):
-            assert 0 <= saved[name][key] <= 1
-        assert saved[name]["perplexity"] > 1
     rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    from tunebook.metrics.entity_f1 import categorize_errors, entity_scores
+
+    for name in ("base", "tuned"):
+        # Every saved score is entity_f1's on the saved predictions (recomputed here from the file).
+        expected = entity_scores([r[f"{name}_output"] for r in rows], [r["reference"] for r in rows])
+        for key in ("precision", "recall", "f1", "valid_json_rate", "exact_match"):
+            assert saved[name][key] == pytest.approx(expected[key])
+        assert saved[name]["perplexity"] > 1 and saved[name]["perplexity_rows"] > 0
+    assert [r["base_errors"] for r in rows] == [categorize_errors(r["base_output"], r["reference"]) for r in rows]
     assert len(rows) == 4 and {"input", "reference", "base_output", "tuned_output", "base_errors"} <= set(rows[0])
     assert [r["base_output"] for r in rows] == [r["tuned_output"] for r in rows]
     print({k: saved["base"][k] for k in ("precision", "recall", "f1", "valid_json_rate", "exact_match")})
@@ -248,3 +269,230 @@ def test_generation_predictions_follow_the_test_file(eval_assets, tmp_path):
     assert [r["input"] for r in rows] == [t["input"] or t["instruction"] for t in test[:4]]
     assert (results["num_examples"], results["split_rows"], results["base"]["num_examples"]) == (4, 6, 4)
     assert results["base"]["perplexity_rows"] == 2  # the validation rows carved from train.jsonl (10% of 20)
+
+
+# ---------------------------------------------------------------- run_evaluation on a tiny model (fast)
+
+
+def _tiny_eval_config(model_dir, data_path, run_dir, **values):
+    from tunebook.config import RunConfig
+
+    return apply_overrides(RunConfig(), {"model.name": str(model_dir), "data.path": str(data_path),
+                                         "train.output_dir": str(run_dir), "train.precision": "fp32",
+                                         "eval.max_examples": 3, "eval.max_new_tokens": 4, "eval.batch_size": 2,
+                                         "lora.r": 4, **values})
+
+
+def _save_untrained_adapter(config, task: str = "causal-lm", labels=None) -> None:
+    """An adapter as training would leave it, but untrained (B = 0): tuned must equal base."""
+    from tunebook.config import save_config
+    from tunebook.lora import apply_lora
+    from tunebook.models import load_model
+
+    run = __import__("pathlib").Path(config.train.output_dir)
+    model = load_model(config.model.name, task, label_names=labels)
+    apply_lora(model, config.lora, task, verbose=False).save_pretrained(run / "adapter")
+    save_config(config, run / "config.yaml")
+
+
+def test_run_evaluation_writes_consistent_results(tiny_model_dir, tmp_data, tmp_path):
+    from tunebook.errors import RunFolderError
+    from tunebook.metrics.entity_f1 import categorize_errors, entity_scores
+
+    rows = [{"input": f"Person {i} lives in City {i}.", "output": _ref(person=[f"Person {i}"], location=[f"City {i}"])}
+            for i in range(20)]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run",
+                               **{"data.instruction": "Extract the named entities as JSON."})
+    _save_untrained_adapter(config)
+    results = run_evaluation(config)
+    out = tmp_path / "run" / "eval"
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert (results["model"], results["quantization"], results["split"], results["task"]) == (
+        str(tiny_model_dir), None, "test", "extraction")
+    assert results["adapter"] == str(tmp_path / "run" / "adapter")
+    assert results["num_examples"] == results["split_rows"] == 2  # 10% of 20 rows; the cap (3) is above it
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    by_row = {r["row"]: r for r in rows_with_lines(rows)}
+    assert len(lines) == 2
+    for line in lines:
+        assert line["input"] == by_row[line["row"]]["input"] and line["reference"] == by_row[line["row"]]["output"]
+        assert line["tuned_output"] == line["base_output"]  # B = 0: the adapter changes nothing
+        assert line["base_errors"] == categorize_errors(line["base_output"], line["reference"])
+    for name in ("base", "tuned"):
+        expected = entity_scores([line[f"{name}_output"] for line in lines], [line["reference"] for line in lines])
+        assert {k: results[name][k] for k in expected} == expected
+        assert results[name]["num_examples"] == 2 and results[name]["perplexity_rows"] == 2
+        assert sum(results[name]["error_counts"].values()) >= 2 - results[name]["error_counts"]["correct"]
+    assert results["tuned"]["perplexity"] == pytest.approx(results["base"]["perplexity"], rel=1e-5)
+    assert "predictions" not in results["base"] and "references" not in results["base"]
+
+    with pytest.raises(RunFolderError, match="already holds evaluation results"):
+        run_evaluation(config)
+    again = run_evaluation(config, compare_base=False, overwrite=True)
+    assert list(again)[-1] == "tuned" and "base" not in again
+    with pytest.raises(RunFolderError, match="Cannot evaluate"):
+        run_evaluation(apply_overrides(config, {"lora.r": 8}), overwrite=True)
+    with pytest.raises(RunFolderError, match="No adapter in"):
+        run_evaluation(config, adapter_dir=str(tmp_path), overwrite=True)
+    with pytest.raises(RunFolderError, match="Nothing to evaluate"):
+        run_evaluation(apply_overrides(config, {"train.output_dir": str(tmp_path / "none")}), compare_base=False)
+
+
+def rows_with_lines(rows: list[dict]) -> list[dict]:
+    return [{**row, "row": i + 1} for i, row in enumerate(rows)]  # JSONL: one row per line
+
+
+def test_run_evaluation_of_a_classifier(tiny_model_dir, tmp_data, tmp_path):
+    labels = ["World News", "Sports", "Sci/Tech"]
+    rows = [{"text": f"{label} story number {i}", "label": label} for i in range(10) for label in labels]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run", **{
+        "model.task": "sequence-classification", "data.recipe": "classification", "data.labels": labels,
+        "eval.max_examples": None, "eval.split": "validation"})
+    _save_untrained_adapter(config, "sequence-classification", labels)
+    results = run_evaluation(config)
+    out = tmp_path / "run" / "eval"
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert results["task"] == "classification" and results["split"] == "validation"
+    assert len(lines) == results["num_examples"] == results["split_rows"] == 3  # stratified: one per label
+    for line in lines:
+        assert line["reference"] == line["input"].split(" story")[0]
+        assert line["base_output"] in labels and line["tuned_output"] in labels
+    for name in ("base", "tuned"):
+        assert (out / f"confusion_matrix_{name}.png").read_bytes()[:4] == b"\x89PNG"
+        correct = sum(line[f"{name}_output"] == line["reference"] for line in lines)
+        assert results[name]["accuracy"] == correct / 3 and results[name]["labels"] == labels
+
+
+class _Bar:
+    """Stands in for tqdm: records how each progress bar is labelled and how far it got."""
+
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.n = kwargs, 0
+        _Bar.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        self.n += n
+
+
+def test_progress_bars_count_rows(tokenizer, tiny_model, monkeypatch):
+    import tunebook.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "tqdm", _Bar)
+    _Bar.made = []
+    generate(tiny_model, tokenizer, _prompts(tokenizer, SENTENCES[:3]), max_new_tokens=2, batch_size=2, autocast=False,
+             desc="generate (base)")
+    config = tiny_llama_for(tokenizer).config
+    config.num_labels = 2
+    model = LlamaForSequenceClassification(config)
+    data = Dataset.from_list([{"input_ids": tokenizer(t)["input_ids"], "label": 0} for t in ("a", "b c", "d")])
+    evaluate_classification(model, tokenizer, data, ["x", "y"], batch_size=2, autocast=False, desc="classify (tuned)")
+    assert [(b.kwargs, b.n) for b in _Bar.made] == [
+        ({"total": 3, "desc": "generate (base)", "unit": "row"}, 3),
+        ({"total": 3, "desc": "classify (tuned)", "unit": "row"}, 3)]
+
+
+def test_compare_table_text_is_aligned():
+    table = compare_table({"f1": 0.5, "n": 3, "per_type": {"person": {"f1": 0.25}}}, {"f1": 0.75, "n": 4},
+                          ["f1", "n", "per_type.person.f1", "missing"])
+    assert table.splitlines() == [
+        "metric                base   tuned    delta",
+        "-------------------------------------------",
+        "f1                  0.5000  0.7500  +0.2500",
+        "n                        3       4  +1.0000",  # integers as they are; the delta as a number
+        "per_type.person.f1  0.2500       -        -",  # one side missing: no delta
+        "missing                  -       -        -",
+    ]
+
+
+def test_run_evaluation_prints_the_before_after_table(tiny_model_dir, tmp_data, tmp_path, capsys):
+    rows = [{"input": f"Person {i} lives in City {i}.", "output": _ref(person=[f"Person {i}"], location=[f"City {i}"])}
+            for i in range(20)]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run",
+                               **{"data.instruction": "Extract the named entities as JSON."})
+    _save_untrained_adapter(config)
+    results = run_evaluation(config)
+    assert set(results["base"]["error_counts"]) == {"correct", "invalid_json", "missing_entity", "wrong_type",
+                                                    "invented_entity", "boundary"}
+    assert isinstance(results["base"]["error_examples"], dict) and "errors" not in results["base"]
+    out = capsys.readouterr().out
+    table = compare_table(results["base"], results["tuned"], ["f1", "precision", "recall", "valid_json_rate",
+                                                              "exact_match", *[f"per_type.{t}.f1" for t in (
+                                                                  "date", "location", "organization", "person")],
+                                                              "perplexity"])
+    assert f"test, 2 rows:\n{table}" in out
+    assert "classification head is untrained" not in out
+
+
+def test_run_evaluation_of_a_classifier_says_its_head_is_new(tiny_model_dir, tmp_data, tmp_path, capsys):
+    labels = ["a", "b"]
+    rows = [{"text": f"{label} story {i}", "label": label} for i in range(10) for label in labels]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run", **{
+        "model.task": "sequence-classification", "data.recipe": "classification", "data.labels": labels})
+    results = run_evaluation(config)  # no adapter: the base only
+    out = capsys.readouterr().out
+    assert "base: the classification head is untrained (random), so base scores are near chance" in out
+    assert f"test, 2 rows:\n{compare_table(results['base'], {}, ['accuracy', 'macro_f1'])}" in out
+    assert "no adapter at" in out and list(results)[-1] == "base"
+
+
+def test_example_input_per_recipe():
+    from tunebook.evaluation import example_input
+
+    chat = {"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
+                         {"role": "user", "content": "second"}, {"role": "assistant", "content": "b"}]}
+    assert example_input(chat, DataConfig(recipe="chat")) == "second"
+    assert example_input({"instruction": "Q", "input": "ctx"}, DataConfig()) == "ctx"
+    assert example_input({"instruction": "Q", "input": ""}, DataConfig()) == "Q"
+    assert example_input({"input": ""}, DataConfig(instruction="Fixed.")) == "Fixed."
+
+
+def test_generate_passes_the_autocast_choice_on(tokenizer, tiny_model, monkeypatch):
+    import tunebook.evaluation as evaluation
+
+    seen, real = [], evaluation._autocast
+    monkeypatch.setattr(evaluation, "_autocast", lambda model, enabled: seen.append(enabled) or real(model, enabled))
+    for choice in (False, None, True):
+        generate(tiny_model, tokenizer, _prompts(tokenizer, SENTENCES[:1]), max_new_tokens=1, autocast=choice)
+    assert seen == [False, None, True]
+
+
+def test_misaligned_evaluation_rows_are_a_bug_report():
+    from tunebook.evaluation import EvalSplit
+
+    raw, tokenized = Dataset.from_list([{"row": 1}, {"row": 2}]), Dataset.from_list([{"row": 2}, {"row": 1}])
+    with pytest.raises(RuntimeError) as info:
+        EvalSplit(raw, tokenized, tokenized, None, "test", 2)
+    assert str(info.value) == "tunebook bug: tokenized and raw evaluation rows are not aligned."
+
+
+def test_run_evaluation_loads_the_model_as_configured(tiny_model_dir, tmp_data, tmp_path, monkeypatch):
+    """model.* reaches from_pretrained in evaluation as it does in training (trust_remote_code, dtype)."""
+    from tunebook import models
+
+    calls = []
+
+    class Spy:
+        def __init__(self, real):
+            self.real = real
+
+        def from_pretrained(self, source, **kwargs):
+            calls.append((self.real.__name__, source, kwargs))
+            return self.real.from_pretrained(source, **kwargs)
+
+    for name in ("AutoModelForCausalLM", "AutoTokenizer"):
+        monkeypatch.setattr(models, name, Spy(getattr(models, name)))
+    rows = [{"instruction": f"Say {i}.", "output": f"{i}"} for i in range(20)]
+    config = _tiny_eval_config(tiny_model_dir, tmp_data(rows), tmp_path / "run", **{
+        "model.trust_remote_code": True, "eval.max_examples": 1, "eval.max_new_tokens": 1})
+    run_evaluation(config)
+    assert [(name, source, kwargs["trust_remote_code"]) for name, source, kwargs in calls] == [
+        ("AutoTokenizer", str(tiny_model_dir), True), ("AutoModelForCausalLM", str(tiny_model_dir), True)]
+    assert calls[1][2]["dtype"] == torch.float32  # train.precision: fp32, as training stored the base

@@ -383,3 +383,35 @@ def test_trained_positions_only_gives_the_same_loss_and_gradients(smollm_tokeniz
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
+def test_length_stats_percentiles_are_numpys() -> None:
+    lengths = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144]
+    stats = length_stats(lengths)
+    assert list(stats) == ["p50", "p90", "p95", "p99", "count", "mean", "max", "min"]
+    for q in (50, 90, 95, 99):
+        assert stats[f"p{q}"] == float(np.percentile(lengths, q))
+    assert stats["p95"] != float(np.percentile(lengths, 96))
+
+
+def test_trained_segments_with_several_runs(smollm_tokenizer) -> None:
+    tok = smollm_tokenizer
+    ids = tok("a b c d e", add_special_tokens=False)["input_ids"]
+    labels = [IGNORE_INDEX, ids[1], IGNORE_INDEX, ids[3], ids[4]]
+    assert trained_segments(ids, labels, tok) == [("a", False), (" b", True), (" c", False), (" d e", True)]
+    assert show_trained_tokens(ids, labels, tok) == "a⟦ b⟧ c⟦ d e⟧"
+    assert show_trained_tokens(ids, labels, tok, as_html=True) == (
+        '<pre style="white-space:pre-wrap"><span style="color:#888">a</span><span style="background:#b7f5b0"> b</span>'
+        '<span style="color:#888"> c</span><span style="background:#b7f5b0"> d e</span></pre>')
+
+
+def test_template_that_rewrites_the_prompt_is_refused(smollm_tokenizer) -> None:
+    tok = copy.deepcopy(smollm_tokenizer)
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<gen>{% else %}<|im_end|>{% endif %}")
+    with pytest.raises(TemplateError) as info:
+        tokenize_example({"instruction": "Q", "input": "", "output": "A"}, tok, INSTRUCTION)
+    assert str(info.value) == (
+        "The chat template renders the conversation differently once the answer is added (the prompt 'Q<gen>' is not "
+        "a prefix of the full text 'QA<|im_end|>'), so the trained tokens cannot be separated from the prompt. Use a "
+        "template whose generation prompt is a prefix of the rendered conversation.")

@@ -124,7 +124,7 @@ def test_inference_has_a_kv_cache_and_no_optimizer():
 def test_cpu_has_no_cuda_overhead():
     shape = shape_from_name("1b")
     assert estimate_memory(shape, "lora", device="cpu").overhead == 0
-    assert estimate_memory(shape, "lora", device="cuda").overhead > 0
+    assert estimate_memory(shape, "lora", device="cuda").overhead == 1 * GiB
 
 
 def test_fit_table_marks_the_known_cases():
@@ -141,7 +141,9 @@ def test_bare_parameter_counts(name):
     shape = shape_from_name(name)
     expected = {"3e9": 3e9, "3B": 3e9, "350M": 3.5e8}[name]
     assert shape.num_parameters == expected
-    assert estimate_memory(shape, "lora").total > 0
+    assert estimate_memory(shape, "full").weights == expected * 2  # bf16
+    # The generic shape's quantizable part is most of the model (12·h²·L of it), the rest embeddings.
+    assert 0.5 * expected < shape.quantizable_parameters < expected
 
 
 def test_unknown_name_is_a_clear_error():
@@ -175,3 +177,117 @@ def test_memory_figures_in_config_headers_match_the_estimator(path: Path, capsys
 
 def test_some_configs_quote_estimates() -> None:
     assert len(CONFIGS_WITH_ESTIMATES) >= 2
+
+
+@pytest.mark.parametrize("count, dims", [
+    # count -> (hidden, layers, intermediate, heads): width = 128 x heads, MLP = 8/3 h rounded up to 256
+    (7_000_000_000, (4096, 33, 11008, 32)),
+    (3_000_000_000, (3072, 25, 8192, 24)),
+    (350_000_000, (1536, 9, 4096, 12)),
+    (1_000_000_000, (2304, 13, 6144, 18)),
+    (1_000_000, (256, 1, 768, 2)),  # the floors: 256 wide, one layer
+])
+def test_shape_from_a_bare_count(count: int, dims: tuple) -> None:
+    from tunebook.memory import shape_from_parameter_count
+
+    shape = shape_from_parameter_count(count)
+    assert (shape.hidden_size, shape.num_layers, shape.intermediate_size, shape.num_attention_heads) == dims
+    assert shape.num_kv_heads == shape.num_attention_heads and shape.hidden_size // shape.num_attention_heads == 128
+    assert shape.num_parameters == count and shape.vocab_size == 32000 and not shape.tied_embeddings
+    assert shape.name == f"~{count / 1e9:.3g}B"
+    assert shape_from_parameter_count(count, vocab_size=1000).vocab_size == 1000
+
+
+def test_fit_table_rows_are_the_estimates() -> None:
+    rows = gpu_fit_table(model_names=("7b",), methods=("lora", "qlora-4bit"), gpus_gib=(16, 24), batch_size=2,
+                         seq_len=1024, gradient_checkpointing=False, device="cpu")
+    shape = shape_from_name("7b")
+    for row, method in zip(rows, ("lora", "qlora-4bit")):
+        est = estimate_memory(shape, method, batch_size=2, seq_len=1024, gradient_checkpointing=False, device="cpu")
+        assert row["total_gib"] == est.total / GiB and row["method"] == method
+        assert row["fits"] == {16: est.total <= 0.9 * 16 * GiB, 24: est.total <= 0.9 * 24 * GiB}
+        assert (row["model"], row["shape"], row["params_b"]) == ("7b", "Llama-2-7B", shape.num_parameters / 1e9)
+        assert (row["batch_size"], row["seq_len"], row["gradient_checkpointing"]) == (2, 1024, False)
+    defaults = gpu_fit_table(model_names=("7b",), methods=("lora",))[0]
+    assert (defaults["batch_size"], defaults["seq_len"], defaults["gradient_checkpointing"]) == (1, 2048, True)
+    assert list(defaults["fits"]) == [16, 24, 40, 80]
+    assert defaults["total_gib"] == estimate_memory(shape, "lora", seq_len=2048, gradient_checkpointing=True).total / GiB
+    assert [r["model"] for r in gpu_fit_table()] == [m for m in ("1b", "7b", "13b", "70b") for _ in METHODS]
+
+
+def test_fit_boundary_is_90_percent_of_the_gpu() -> None:
+    row = gpu_fit_table(model_names=("7b",), methods=("lora",), gpus_gib=(16,))[0]
+    total = row["total_gib"]  # 15.49 GiB: over 90% of 16 GiB (14.4), under 90% of 17.3
+    just_fits = gpu_fit_table(model_names=("7b",), methods=("lora",), gpus_gib=(total / 0.9,))[0]
+    assert not row["fits"][16] and just_fits["fits"][total / 0.9]
+
+
+def test_format_table_text() -> None:
+    rows = gpu_fit_table(model_names=("7b",), methods=("lora",), gpus_gib=(16, 24))
+    assert format_table(rows).splitlines() == [
+        "model                 method       total GiB  16 GiB  24 GiB",
+        "------------------------------------------------------------",
+        "7b (6.74B)            lora              15.5       ✗       ✓",
+        "batch 1, seq 2048, gradient checkpointing on; ✓ = total <= 90% of the GPU",
+    ]
+    off = gpu_fit_table(model_names=("1b",), methods=("lora",), gpus_gib=(16,), gradient_checkpointing=False)
+    assert format_table(off).splitlines()[-1].startswith("batch 1, seq 2048, gradient checkpointing off;")
+    assert format_table([]) == "(no rows)"
+
+
+def test_shape_from_a_model_folder_and_an_embedded_name(tiny_model_dir) -> None:
+    from transformers import AutoConfig
+
+    shape = shape_from_name(str(tiny_model_dir))
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    assert shape.name == str(tiny_model_dir) and shape.hidden_size == config.hidden_size == 64
+    assert shape.num_parameters == sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+    smollm = shape_from_name("smollm2-135m-instruct")  # embedded: its config from the package's cache
+    assert (smollm.name, smollm.hidden_size, smollm.num_layers, smollm.vocab_size) == (
+        "smollm2-135m-instruct", 576, 30, 49152)
+
+
+def test_inference_estimate_names_its_method() -> None:
+    est = estimate_memory(shape_from_name("1b"), "qlora-4bit", inference=True)
+    assert est.method == "qlora-4bit" and est.breakdown().startswith("qlora-4bit: ")
+
+
+def test_llama_biases_are_counted() -> None:
+    config = tiny_llama_config(tied=False, attention_bias=True, mlp_bias=True)
+    shape = shape_from_config(config)
+    assert shape.num_parameters == n_params(LlamaForCausalLM(config))
+    assert shape.name == "llama"  # a config without a name_or_path is named by its type
+    only_attention = tiny_llama_config(tied=False, attention_bias=True)
+    assert shape_from_config(only_attention).num_parameters == n_params(LlamaForCausalLM(only_attention))
+
+
+@pytest.mark.parametrize("targets", ["auto", ["key"], ["dense"], ["query", "value"]])
+def test_bert_lora_parameter_count_matches_peft(targets):
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=48, max_position_embeddings=40)
+    model = get_peft_model(BertModel(config), LoraConfig(r=4, target_modules=(
+        TARGET_MODULES_BY_ARCHITECTURE["bert"] if targets == "auto" else targets)))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert shape_from_config(config).lora_parameters(4, targets) == trainable
+
+
+def test_estimate_terms_are_whole_bytes() -> None:
+    for method in METHODS:
+        est = estimate_memory(shape_from_name("7b"), method, batch_size=3, seq_len=100)
+        values = [est.weights, est.adapter, est.gradients, est.optimizer_state, est.activations, est.logits,
+                  est.kv_cache, est.overhead]
+        assert all(type(v) is int for v in values), (method, [type(v) for v in values])
+
+
+def test_explicit_head_dim_and_bert_heads() -> None:
+    plain = shape_from_config(tiny_llama_config(tied=False))
+    assert plain.head_dim is None and plain.kv_dim == 2 * 16
+    wide = tiny_llama_config(tied=False, head_dim=32)  # heads x head_dim != hidden (as Gemma's)
+    shape = shape_from_config(wide)
+    assert shape.head_dim == 32 and shape.kv_dim == 2 * 32
+    assert shape.num_parameters == n_params(LlamaForCausalLM(wide))
+    bert = shape_from_config(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=48, max_position_embeddings=40))
+    assert (bert.num_attention_heads, bert.num_kv_heads, bert.architecture) == (4, 4, "bert")
+    assert estimate_memory(bert, "lora", batch_size=2, seq_len=8, device="cpu").activations == 2 * 8 * 2 * (
+        20 * 32 + 8 * 48 + 4 * 32)

@@ -182,3 +182,183 @@ def test_text_overlap_metric() -> None:
     assert result["exact_match"] == pytest.approx(0.5)  # (1 + 0) / 2
     assert result["token_f1"] == pytest.approx(0.75)  # (1 + 0.5) / 2
     assert result["rouge_l"] == pytest.approx(0.75)  # (1 + 0.5) / 2
+
+
+# ---------------------------------------------------------------- the plain functions behind the metrics
+# evaluate.load runs a copy of each metric file; the same figures must come from the plain functions
+# (which tunebook and these tests import directly), and their argument checks must hold.
+
+
+def test_classification_scores_plain_function() -> None:
+    from tunebook.metrics.classification import classification_scores
+
+    assert classification_scores(PREDS, REFS) == load_metric("classification").compute(
+        predictions=PREDS, references=REFS)
+    result = classification_scores(PREDS, REFS, num_labels=4)
+    assert result["confusion_matrix"] == [[2, 1, 0, 0], [0, 1, 1, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
+    assert result["per_class_f1"] == pytest.approx([2 / 3, 1 / 2, 2 / 3, 0.0])
+    assert result["macro_f1"] == pytest.approx(11 / 18) and result["accuracy"] == 5 / 8
+    # A class that only the predictions use counts in the macro average (it is a real error).
+    only_predicted = classification_scores([0, 2], [0, 0], num_labels=3)
+    assert only_predicted["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2)
+    assert only_predicted["per_class_f1"] == pytest.approx([2 / 3, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("predictions, references, num_labels, message", [
+    ([0, 1], [0], None, "1-D and of equal length"),
+    ([[0]], [[0]], None, "1-D and of equal length"),
+    ([], [], None, "at least one example"),
+    ([0, -1], [0, 0], None, r"labels must lie in 0\.\.0"),
+    ([0, 3], [0, 0], 3, r"labels must lie in 0\.\.2"),
+    ([0, 0], [3, 0], 3, r"labels must lie in 0\.\.2"),
+])
+def test_classification_scores_argument_checks(predictions, references, num_labels, message) -> None:
+    from tunebook.metrics.classification import classification_scores
+
+    with pytest.raises(ValueError, match=message):
+        classification_scores(predictions, references, num_labels)
+
+
+def test_entity_scores_plain_function() -> None:
+    from tunebook.metrics.entity_f1 import entity_scores
+
+    result = entity_scores(ENTITY_PREDS, ENTITY_REFS)
+    assert result == load_metric("entity_f1").compute(predictions=ENTITY_PREDS, references=ENTITY_REFS)
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx((5 / 7, 5 / 9, 0.625))
+    assert (result["valid_json_rate"], result["exact_match"]) == (0.75, 0.25)
+    assert list(result["per_type"]) == ["date", "location", "organization", "person"]  # sorted
+    assert result["per_type"]["person"]["support"] == 3 and result["per_type"]["location"]["support"] == 2
+    # A type only the predictions use gets a row: its false positives count.
+    invented = entity_scores([_ref(["Ada"])[:-1] + ', "ship": ["Beagle"]}'], [_ref(["Ada"])])
+    assert invented["per_type"]["ship"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert invented["precision"] == 0.5 and invented["recall"] == 1.0
+    with pytest.raises(ValueError, match="same length"):
+        entity_scores([_ref()], [_ref(), _ref()])
+    with pytest.raises(ValueError, match="at least one example"):
+        entity_scores([], [])
+
+
+@pytest.mark.parametrize("tp, fp, fn, expected", [
+    (0, 0, 0, (1.0, 1.0, 1.0)),
+    (0, 2, 0, (0.0, 0.0, 0.0)),
+    (0, 0, 3, (0.0, 0.0, 0.0)),
+    (3, 1, 2, (3 / 4, 3 / 5, 2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5))),
+    (2, 0, 0, (1.0, 1.0, 1.0)),
+])
+def test_precision_recall_f1_rules(tp: int, fp: int, fn: int, expected: tuple) -> None:
+    from tunebook.metrics.entity_f1 import _prf
+
+    result = _prf(tp, fp, fn)
+    assert (result["precision"], result["recall"], result["f1"]) == pytest.approx(expected)
+
+
+def test_overlap_scores_plain_function() -> None:
+    from tunebook.metrics.text_overlap import normalize_answer, overlap_scores
+
+    assert normalize_answer("  Paris. ") == "paris" and normalize_answer("A, b!") == "a, b"
+    result = overlap_scores(["  Paris. ", "Paris, France"], ["paris", "in Paris"])
+    assert result == {"exact_match": 0.5, "token_f1": 0.75, "rouge_l": 0.75}
+    assert token_f1("", "") == 1.0 and token_f1("a", "") == 0.0 and token_f1("x y", "z") == 0.0
+    assert rouge_l("x y", "z") == 0.0
+    with pytest.raises(ValueError, match="same length"):
+        overlap_scores(["a"], [])
+    with pytest.raises(ValueError, match="at least one example"):
+        overlap_scores([], [])
+
+
+@pytest.mark.parametrize("a, b, n", [
+    ("ABCBDAB", "BDCABA", 4), ("AB", "BA", 1), ("XAB", "ABX", 2), ("ABC", "ABC", 3), ("", "ABC", 0), ("A", "", 0),
+    ("AXBXC", "ABC", 3), ("BA", "AB", 1),
+])
+def test_lcs_length_cases(a: str, b: str, n: int) -> None:
+    assert lcs_length(list(a), list(b)) == n == lcs_length(list(b), list(a))
+
+
+def test_rouge_l_and_token_f1_with_one_shared_token() -> None:
+    assert rouge_l("a b", "a c") == 0.5 and rouge_l("a b c d", "d") == pytest.approx(2 * 0.25 / 1.25)
+    assert token_f1("a b", "a c") == 0.5 and token_f1("a a b", "a") == pytest.approx(2 * (1 / 3) / (4 / 3))
+    assert token_f1("Paris", "paris!") == 1.0 and token_f1("", "x") == 0.0
+
+
+def test_overlapping_texts_make_boundary_errors() -> None:
+    gold = _ref(["Ada Lovelace"], ["Bank of Lisbon"])
+    assert categorize_errors(_ref(["Ada"], ["Bank of Lisbon"]), gold) == ["boundary"]  # contained
+    assert categorize_errors(_ref(["Countess Ada Lovelace"], ["Bank of Lisbon"]), gold) == ["boundary"]  # contains
+    assert categorize_errors(_ref(["Ada Byron"], ["Bank of Lisbon"]), gold) == ["boundary"]  # shares a word
+    assert categorize_errors(_ref(["Grace"], ["Bank of Lisbon"]), gold) == ["missing_entity", "invented_entity"]
+
+
+def test_one_error_explains_its_gold_entity_only() -> None:
+    gold = _ref(["Ada", "Paris"], ["Acme"], ["Rome"])
+    # Rome and Ada predicted as organizations: wrong types, each explaining only its own gold entity, so
+    # gold Paris, predicted nowhere, is still reported missing.
+    prediction = _ref([], ["Acme", "Rome", "Ada"], [])
+    assert categorize_errors(prediction, gold) == ["missing_entity", "wrong_type"]
+    near = _ref(["Ada L", "Paris"], ["Acme Corp"], ["Rome"])
+    assert categorize_errors(near, _ref(["Ada", "Paris"], ["Acme"], ["Rome", "Oslo"])) == ["missing_entity", "boundary"]
+
+
+def test_bad_reference_message() -> None:
+    from tunebook.metrics.entity_f1 import _parse_reference
+
+    with pytest.raises(ValueError) as info:
+        _parse_reference("[1]")
+    assert str(info.value) == "reference is not a JSON dict of lists of strings: '[1]'"
+    with pytest.raises(ValueError) as info:
+        _parse_reference("nope", 3)
+    assert str(info.value) == "reference at index 3 is not a JSON dict of lists of strings: 'nope'"
+
+
+def test_a_substring_that_is_no_word_is_still_a_boundary_error() -> None:
+    assert categorize_errors(_ref(["Ada"]), _ref(["Adam Smith"])) == ["boundary"]
+    assert categorize_errors(_ref(["Adam Smith"]), _ref(["Ada"])) == ["boundary"]
+
+
+def test_empty_overlap_scores_message() -> None:
+    from tunebook.metrics.text_overlap import overlap_scores
+
+    with pytest.raises(ValueError) as info:
+        overlap_scores([], [])
+    assert str(info.value) == "text_overlap needs at least one example"
+
+
+@pytest.mark.parametrize("module, cls, predictions, references", [
+    ("classification", "Classification", [0, 1, 1], [0, 1, 0]),
+    ("entity_f1", "EntityF1", ['{"person": ["Ada"]}'], ['{"person": ["Ada", "Bob"]}']),
+    ("text_overlap", "TextOverlap", ["Paris."], ["paris"]),
+])
+def test_metric_classes_compute_their_plain_functions(module, cls, predictions, references) -> None:
+    """The evaluate.Metric classes, built directly: their features and what compute() returns."""
+    import importlib
+
+    mod = importlib.import_module(f"tunebook.metrics.{module}")
+    metric = getattr(mod, cls)()
+    plain = {"classification": "classification_scores", "entity_f1": "entity_scores",
+             "text_overlap": "overlap_scores"}[module]
+    assert metric.compute(predictions=predictions, references=references) == getattr(mod, plain)(predictions, references)
+    info = metric._info()
+    assert set(info.features) == {"predictions", "references"}
+    assert info.description == mod._DESCRIPTION and info.inputs_description == mod._KWARGS_DESCRIPTION
+    dtype = "int64" if module == "classification" else "string"
+    assert info.features["predictions"].dtype == info.features["references"].dtype == dtype
+
+
+def test_two_boundary_errors_each_explain_their_gold_entity() -> None:
+    assert categorize_errors(_ref(["Ada", "Bob"]), _ref(["Ada Lovelace", "Bob Smith"])) == ["boundary"]
+    assert categorize_errors(_ref([], ["Paris", "Rome"]), _ref([], [], ["Paris", "Rome"])) == ["wrong_type"]
+
+
+def test_classification_scores_read_numeric_text_and_say_what_is_wrong() -> None:
+    from tunebook.metrics.classification import classification_scores
+
+    assert classification_scores([1, 0], ["1", "0"])["accuracy"] == 1.0  # ids read back from text files
+    with pytest.raises(ValueError) as info:
+        classification_scores([0], [0, 1])
+    assert str(info.value) == "predictions and references must be 1-D and of equal length"
+
+
+def test_bad_reference_is_named_by_its_index() -> None:
+    from tunebook.metrics.entity_f1 import entity_scores
+
+    with pytest.raises(ValueError, match=r"^reference at index 1 is not a JSON dict"):
+        entity_scores([_ref(), _ref()], [_ref(), "[]"])

@@ -7,7 +7,9 @@ model is loaded once per module.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
+import json
 from pathlib import Path
 
 import pytest
@@ -543,3 +545,77 @@ def test_minilm_loads_as_four_label_classifier() -> None:
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 4)
     assert resolve_target_modules(model) == ["query", "key", "value", "dense"]
+
+
+def test_adapter_of_another_shape_is_one_clear_error(tiny_llama, smollm_tokenizer, tmp_path: Path) -> None:
+    from tunebook.config import LoraSettings
+    from tunebook.lora import AdapterError
+
+    apply_lora(copy.deepcopy(tiny_llama), LoraSettings(r=4), verbose=False).save_pretrained(tmp_path / "r4")
+    with open(tmp_path / "r4" / "adapter_config.json") as f:
+        saved = json.load(f)
+    saved["r"] = 8  # the config says r=8, the tensors are r=4: what another run's adapter looks like
+    (tmp_path / "r8").mkdir()
+    (tmp_path / "r8" / "adapter_config.json").write_text(json.dumps(saved))
+    (tmp_path / "r8" / "adapter_model.safetensors").write_bytes((tmp_path / "r4" / "adapter_model.safetensors").read_bytes())
+    with pytest.raises(AdapterError) as info:
+        load_adapter(copy.deepcopy(tiny_llama), str(tmp_path / "r8"))
+    message = str(info.value)
+    assert message.startswith(f"The adapter in {tmp_path / 'r8'} was trained on another base model or LoRA shape than ")
+    assert "(28 tensors differ in shape). Use the model.name and lora settings of its run" in message
+
+
+def test_damaged_adapter_file_is_one_clear_error(tiny_llama, tmp_path: Path) -> None:
+    from tunebook.config import LoraSettings
+    from tunebook.lora import AdapterError
+
+    apply_lora(copy.deepcopy(tiny_llama), LoraSettings(r=4), verbose=False).save_pretrained(tmp_path / "a")
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(AdapterError) as info:
+        load_adapter(copy.deepcopy(tiny_llama), str(tmp_path / "a"))
+    assert str(info.value).startswith(f"The adapter files in {tmp_path / 'a'} are damaged (")
+    assert str(info.value).endswith("Train again, or resume its run to save it anew.")
+    with pytest.raises((OSError, ValueError)) as other:  # anything else keeps its own error
+        load_adapter(copy.deepcopy(tiny_llama), str(tmp_path / "missing"))
+    assert not isinstance(other.value, AdapterError)
+
+
+def test_apply_lora_says_what_it_adapted(tiny_llama, tiny_bert, capsys) -> None:
+    model = apply_lora(tiny_llama, LoraSettings(r=4, alpha=8, target_modules=["v_proj", "q_proj"]))
+    trainable, total = count_parameters(model)
+    assert trainable == 2 * 4 * ((64 + 64) + (64 + 32))
+    out = capsys.readouterr().out
+    assert (f"LoRA r=4 alpha=8 on ['q_proj', 'v_proj']: {trainable:,} trainable of {total:,} parameters "
+            f"({100 * trainable / total:.2f}%)") in out
+    assert "classification head" not in out
+    apply_lora(tiny_bert, LoraSettings(r=2, alpha=3.5), task="sequence-classification")
+    out = capsys.readouterr().out
+    assert "LoRA r=2 alpha=3.5 on" in out
+    assert ("the classification head (4 labels) is new: randomly initialised and trained in full beside the "
+            "adapter") in out
+
+
+def test_adapters_keep_fp32_on_a_bf16_base_unless_sharded(tiny_llama, monkeypatch) -> None:
+    import tunebook.lora as lora
+
+    base = copy.deepcopy(tiny_llama).to(torch.bfloat16)
+    model = apply_lora(base, LoraSettings(r=2), verbose=False)
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert trained == {torch.float32} and frozen == {torch.bfloat16}
+    monkeypatch.setattr(lora, "sharded_training", lambda: "fsdp")  # FSDP: one dtype per sharded unit
+    sharded = apply_lora(copy.deepcopy(tiny_llama).to(torch.bfloat16), LoraSettings(r=2), verbose=False)
+    assert {p.dtype for p in sharded.parameters()} == {torch.bfloat16}
+
+
+def test_count_parameters_unpacks_4bit_weights() -> None:
+    class Params4bit(torch.nn.Parameter):  # bitsandbytes' class name: two 4-bit weights per uint8 byte
+        pass
+
+    module = torch.nn.Module()
+    module.packed = Params4bit(torch.zeros(10, dtype=torch.uint8), requires_grad=False)
+    module.plain = torch.nn.Parameter(torch.zeros(3))
+    assert count_parameters(module) == (3, 10 * 2 + 3)
+    module.stored_as_bf16 = Params4bit(torch.zeros(5, dtype=torch.bfloat16), requires_grad=False)  # FSDP storage
+    assert count_parameters(module) == (3, 10 * 2 + 3 + 5 * 4)

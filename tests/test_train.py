@@ -122,8 +122,20 @@ def test_metrics_file(first_run) -> None:
     assert metrics["global_step"] == 4
     assert metrics["final_train_loss"] == metrics["train_loss"][-1]["loss"]
     assert metrics["final_eval_loss"] == metrics["eval_loss"][-1]["eval_loss"]
-    # 4 steps x batch 4: every trained token is a real (non-padding) token.
-    assert 0 < metrics["trained_tokens"] < metrics["input_tokens"]
+    # 4 steps x batch 4: every trained token is a real (non-padding) token; each figure is checked
+    # against its definition (per micro-batch counts, runtime).
+    log = metrics["batch_log"]
+    assert [b["rows"] for b in log] == [4, 4, 4, 4]
+    assert metrics["trained_tokens"] == sum(b["trained_tokens"] for b in log) > 0
+    assert metrics["padded_tokens"] == sum(b["rows"] * b["width"] for b in log)
+    assert metrics["trained_tokens"] < metrics["input_tokens"] <= metrics["padded_tokens"]
+    runtime = metrics["runtime_seconds"]
+    assert metrics["trained_tokens_per_second"] == pytest.approx(metrics["trained_tokens"] / runtime)
+    assert metrics["input_tokens_per_second"] == pytest.approx(metrics["input_tokens"] / runtime)
+    assert metrics["seconds_per_step"] == pytest.approx(runtime / 4)
+    ends = [b["end_seconds"] for b in log]
+    assert 0 < ends[0] and ends == sorted(ends) and ends[-1] <= runtime
+    assert 0 < metrics["eval_seconds"] < runtime and metrics["world_size"] == 1
     assert metrics["decisions"]["precision"].startswith("fp32: ")
     assert metrics["length_stats"]["count"] == 24  # 30 rows minus 10% validation, 10% test
     assert metrics == json.loads(json.dumps(result.metrics, default=str))
@@ -297,7 +309,11 @@ def test_classification_run_saves_adapter_and_head(tiny_classifier_dir, topics_d
                                                      "base_model.model.classifier.bias"}
     assert any("lora_A" in k for k in keys)
     assert [e["step"] for e in result.metrics["train_loss"]] == [1, 2, 3]
-    assert result.metrics["input_tokens"] > 0
+    # One label per row: no token is "trained"; every input token is a non-padding one.
+    log = result.metrics["batch_log"]
+    assert result.metrics["trained_tokens"] == 0 and all(b["trained_tokens"] == 0 for b in log)
+    assert result.metrics["padded_tokens"] == sum(b["rows"] * b["width"] for b in log)
+    assert 0 < result.metrics["input_tokens"] <= result.metrics["padded_tokens"]
 
 
 def test_bf16_run_keeps_trained_head_in_fp32(tiny_classifier_dir, topics_dataset, tmp_path) -> None:
@@ -380,5 +396,5 @@ def test_own_csv_with_other_column_names_trains_by_config_only(tiny_model_dir, t
     result = run_training(config)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 2
-    assert metrics["trained_tokens"] > 0
+    assert metrics["trained_tokens"] == sum(b["trained_tokens"] for b in metrics["batch_log"]) > 0
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()

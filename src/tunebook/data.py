@@ -175,6 +175,11 @@ def label_names(train: list[dict], config: DataConfig) -> list[str]:
 def _label_id(value: object, names: dict[str, int], config: DataConfig) -> int | str:
     """The id of a label value, or the reason it has none."""
     text = str(value).strip()
+    if not config.labels and _is_integer(value) and int(float(value)) < config.first_label_id:
+        # Ids read from the data (no data.labels) still count from first_label_id: a 0 in 1-based
+        # data would otherwise become a class of its own.
+        return (f"id {value!r} is below data.first_label_id ({config.first_label_id}). Fix the row, or set "
+                "data.first_label_id: 0 if ids start at 0.")
     if text in names:
         return names[text]
     if config.labels and _is_integer(value):

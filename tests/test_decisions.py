@@ -1,0 +1,237 @@
+"""Each decision tunebook makes for a run, tested at its threshold and for every branch.
+
+Gradient checkpointing (by parameter count), precision (by device and CPU flags), optimizer (by
+quantization and device), device (by CUDA), and the divergence guard (by how far the loss rose).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tunebook import environment
+from tunebook.config import RunConfig, apply_overrides
+from tunebook.environment import choose_device, choose_precision, precision_dtype
+from tunebook.errors import ConfigError
+from tunebook.train import (CHECKPOINTING_MIN_PARAMETERS, DivergenceGuard, TrainingDiverged,
+                            choose_gradient_checkpointing, choose_optimizer, frozen_weight_dtype)
+
+# ---------------------------------------------------------------- gradient checkpointing
+
+
+def test_checkpointing_threshold_is_5_billion_parameters() -> None:
+    """Llama-2-7B (6.7B) and up get it; 3B models do not. The number itself is part of the contract."""
+    assert CHECKPOINTING_MIN_PARAMETERS == 5e9
+
+
+@pytest.mark.parametrize("parameters, on", [
+    (int(CHECKPOINTING_MIN_PARAMETERS) - 1, False),
+    (int(CHECKPOINTING_MIN_PARAMETERS), True),
+    (int(CHECKPOINTING_MIN_PARAMETERS) + 1, True),
+    (135_000_000, False),  # SmolLM2
+    (6_738_415_616, True),  # Llama-2-7B
+])
+def test_auto_checkpointing_at_the_threshold(parameters: int, on: bool) -> None:
+    decision = choose_gradient_checkpointing("auto", parameters)
+    assert decision.value is on
+    assert str(decision).startswith(f"gradient checkpointing {'on' if on else 'off'}: ")
+    assert f"{parameters / 1e9:.2g}B parameters" in decision.reason
+    if not on:
+        assert "under 5B" in decision.reason
+
+
+@pytest.mark.parametrize("setting", [True, False])
+@pytest.mark.parametrize("parameters", [1, 10**11])
+def test_explicit_checkpointing_wins_over_size(setting: bool, parameters: int) -> None:
+    decision = choose_gradient_checkpointing(setting, parameters)
+    assert decision.value is setting
+    assert decision.reason == "asked for in the config (train.gradient_checkpointing)"
+    assert decision.label == f"gradient checkpointing {'on' if setting else 'off'}"
+
+
+# ---------------------------------------------------------------- optimizer
+
+
+@pytest.mark.parametrize("quantization, device, expected", [
+    ("4bit", "cuda", "paged_adamw_8bit"),
+    ("4bit", "cpu", "adamw_torch"),  # paging needs CUDA unified memory
+    ("8bit", "cuda", "adamw_torch"),
+    (None, "cuda", "adamw_torch"),
+    (None, "cpu", "adamw_torch"),
+])
+def test_auto_optimizer(quantization, device: str, expected: str) -> None:
+    config = apply_overrides(RunConfig(), {"model.quantization": quantization})
+    decision = choose_optimizer(config, device)
+    assert decision.value == expected
+    assert ("QLoRA on CUDA" in decision.reason) is (expected == "paged_adamw_8bit")
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "sgd", "adamw_8bit"])
+def test_explicit_optimizer_is_kept(optim: str) -> None:
+    config = apply_overrides(RunConfig(), {"train.optim": optim, "model.quantization": "4bit"})
+    decision = choose_optimizer(config, "cuda")
+    assert decision.value == optim and decision.reason == "asked for in the config (train.optim)"
+
+
+# ---------------------------------------------------------------- device and precision
+
+
+def test_choose_device_with_a_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Test GPU 80GB")
+    decision = choose_device()
+    assert decision.value == "cuda" and decision.reason == "CUDA GPU found: Test GPU 80GB"
+
+
+def test_choose_device_without_a_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device().value == "cpu"
+
+
+@pytest.mark.parametrize("flags, expected, named", [
+    ({"amx_bf16"}, "bf16", "amx_bf16"),
+    ({"avx512_bf16", "avx512f"}, "bf16", "avx512_bf16"),
+    ({"amx_bf16", "avx512_bf16"}, "bf16", "amx_bf16/avx512_bf16"),
+    ({"avx512f", "avx2", "amx_int8"}, "fp32", None),
+])
+def test_auto_precision_on_cpu_follows_the_bf16_flags(monkeypatch, flags, expected, named) -> None:
+    monkeypatch.setattr(environment, "cpu_flags", lambda: set(flags))
+    decision = choose_precision("auto", "cpu")
+    assert decision.value == expected
+    if named:
+        assert f"CPU supports {named} " in decision.reason
+
+
+def test_auto_precision_without_a_device_asks_choose_device(monkeypatch) -> None:
+    monkeypatch.setattr(environment, "choose_device", lambda: environment.Decision("cuda", "test"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "GPU")
+    assert choose_precision("auto").value == "bf16"
+
+
+def test_emulated_bf16_on_a_gpu_means_fp16(monkeypatch) -> None:
+    """T4/V100 report bf16 support only with emulation: fp16 with loss scaling is chosen."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Tesla T4")
+    decision = choose_precision("auto", "cuda")
+    assert decision.value == "fp16" and "Tesla T4 lacks bf16" in decision.reason
+
+
+@pytest.mark.parametrize("requested", ["bf16", "fp32"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_requested_precision_is_kept(requested: str, device: str) -> None:
+    decision = choose_precision(requested, device)
+    assert decision.value == requested and decision.reason == "asked for in the config (train.precision)"
+
+
+def test_fp16_needs_cuda() -> None:
+    assert choose_precision("fp16", "cuda").value == "fp16"
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        choose_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16),
+                                              ("fp32", torch.float32)])
+def test_frozen_weights_are_stored_in_the_compute_dtype(precision: str, dtype: torch.dtype) -> None:
+    assert precision_dtype(precision) is dtype and frozen_weight_dtype(precision) is dtype
+
+
+# ---------------------------------------------------------------- divergence guard
+
+
+def _log(guard: DivergenceGuard, losses: list[float]) -> None:
+    for step, loss in enumerate(losses, start=1):
+        guard.on_log(None, SimpleNamespace(global_step=step), None, logs={"loss": loss})
+
+
+@pytest.mark.parametrize("losses, stops", [
+    ([0.5, 1.4], False),  # over twice the first loss, but not one nat more
+    ([0.5, 1.6], True),  # both
+    ([3.0, 5.0], False),  # one nat more, but not twice
+    ([3.0, 6.1], True),
+    ([3.0, 6.0], False),  # exactly twice: not above it
+    ([2.0, 3.0], False),
+    ([2.0, 1.0, float("nan")], True),
+    ([float("inf")], True),
+    ([8.0], False),  # a first loss alone never stops, however high
+])
+def test_divergence_guard_threshold(losses: list[float], stops: bool) -> None:
+    guard = DivergenceGuard(learning_rate=0.5)
+    if stops:
+        with pytest.raises(TrainingDiverged, match=f"step {len(losses)}") as info:
+            _log(guard, losses)
+        assert "train.learning_rate=0.5 is too high" in str(info.value)
+    else:
+        _log(guard, losses)
+        assert [loss for _, loss in guard.history] == losses
+
+
+def test_divergence_guard_ignores_logs_without_a_loss() -> None:
+    guard = DivergenceGuard(learning_rate=1e-3)
+    guard.on_log(None, SimpleNamespace(global_step=1), None, logs={"eval_loss": 99.0})
+    guard.on_log(None, SimpleNamespace(global_step=1), None, logs=None)
+    assert guard.history == []
+
+
+def test_divergence_message_in_full() -> None:
+    guard = DivergenceGuard(learning_rate=0.05)
+    with pytest.raises(TrainingDiverged) as info:
+        _log(guard, [2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 2.6, 9.0])
+    assert str(info.value) == (
+        "Training diverged at step 8: the loss went from 2 to 9 (step 3: 2.2, step 4: 2.3, step 5: 2.4, step 6: 2.5, "
+        "step 7: 2.6, step 8: 9). Likely cause: train.learning_rate=0.05 is too high (LoRA trains well at 1e-4 to "
+        "2e-3). The adapter was not saved; lower the rate and train again with --overwrite.")
+
+
+def test_nan_loss_stops_at_the_step_it_happens(smollm_tokenizer, tmp_path) -> None:
+    from transformers import TrainingArguments
+
+    from conftest import make_tiny_llama
+    from tunebook.config import LoraSettings
+    from tunebook.lora import apply_lora
+    from tunebook.train import TunebookTrainer
+
+    tok = smollm_tokenizer
+    model = make_tiny_llama(len(tok), pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("nan")
+    model = apply_lora(model, LoraSettings(r=2), verbose=False)
+    trainer = TunebookTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True,
+                                                                   report_to="none"))
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.state.global_step = 6
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.training_step(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    assert str(info.value) == (
+        "Loss became nan at step 7. Lower train.learning_rate, try train.precision: fp32, or check the data for "
+        "empty answers. The adapter was not saved; checkpoints before this step are kept.")
+    assert trainer.trained_tokens == 0 and trainer.batch_log == []  # a diverged step is not counted
+
+
+def test_hardware_decisions_on_a_gpu(monkeypatch) -> None:
+    from tunebook import train
+
+    monkeypatch.setattr(train, "choose_device", lambda: environment.Decision("cuda", "test GPU"))
+    config = apply_overrides(RunConfig(), {"model.quantization": "4bit", "train.precision": "bf16"})
+    decisions = train.hardware_decisions(config)
+    assert (decisions.device.value, decisions.precision.value, decisions.optimizer.value) == (
+        "cuda", "bf16", "paged_adamw_8bit")
+
+
+def test_only_the_main_process_describes_the_adapter(smollm_tokenizer, monkeypatch, capsys) -> None:
+    import copy
+
+    from conftest import make_tiny_llama
+    from tunebook import train
+
+    base = make_tiny_llama(len(smollm_tokenizer))
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: copy.deepcopy(base))
+    config = RunConfig()
+    decisions = train.Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
+    for main, says in ((True, True), (False, False)):
+        monkeypatch.setattr(train, "is_main_process", lambda: main)
+        train.build_model(config, decisions, None)
+        assert ("LoRA r=16 alpha=32 on" in capsys.readouterr().out) is says
