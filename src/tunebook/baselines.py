@@ -48,8 +48,9 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "text": ("token_f1",),
 }
 # Inverse regularisation strength of the TF-IDF classifier. scikit-learn's default C=1 underfits
-# TF-IDF features on short texts: on the SMS spam validation split it reaches macro-F1 0.886 with
-# C=1 and 0.968 with C=10 (news_topics: 0.909 and 0.907). A baseline should be a fair opponent.
+# TF-IDF features on short texts: on the SMS spam validation split (517 rows) it reaches macro-F1
+# 0.904 with C=1 and 0.982 with C=10 (news_topics, 120 rows: 0.917 and 0.916). A baseline should be
+# a fair opponent.
 TFIDF_C = 10.0
 # TF-IDF words: every run of word characters, one-letter ones included (scikit-learn's default
 # drops them, and "u", "r" and "2" carry meaning in short messages).
@@ -70,14 +71,17 @@ def tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[int], texts:
     """Labels for `texts` from TF-IDF (word 1-2 grams, sublinear tf) + logistic regression.
 
     Fitted on the training texts only: the vocabulary and IDF weights never see evaluation rows.
+    Terms must occur in two training texts (``min_df=2``): one seen once cannot generalise, and
+    dropping them cuts the fit 3x on 6,000 AG News texts (151k -> 36k features; accuracy on 1,600
+    held-out rows 0.871 -> 0.874).
     """
     from sklearn.feature_extraction.text import TfidfVectorizer  # lazy: sklearn loads in ~1 s
     from sklearn.linear_model import LogisticRegression
 
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=_WORDS)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=_WORDS, min_df=2)
     try:
         features = vectorizer.fit_transform(train_texts)
-    except ValueError:  # no word in any training text (only symbols or emoji): nothing to learn from
+    except ValueError:  # no word in two training texts (tiny data, only symbols): nothing to learn from
         features = None
     if features is None or len(set(train_labels)) < 2:  # logistic regression needs two classes
         return [majority_class(train_labels)] * len(texts)
