@@ -3,19 +3,20 @@
 The loss says how well the model predicts the reference tokens; the task metric says whether its
 *answers* are right. Both are reported, for the base model and for the base + adapter, on the same
 held-out split and with the same prompts as training (:mod:`tunebook.formatting` builds both), so
-the before/after table isolates what the adapter changed.
+the before/after table isolates what the adapter changed. Simple baselines (:mod:`tunebook.baselines`:
+bag-of-words, a gazetteer, copying the input) are scored on the same rows beside them, so the table
+also says whether the fine-tune beats what a second of classical code reaches.
 
-``run_evaluation`` writes ``<train.output_dir>/eval/``::
+``run_evaluation`` writes ``<train.output_dir>/eval/`` (the layout: :mod:`tunebook.report`)::
 
-    results.json       base and tuned metrics (+ perplexity, error counts and examples)
-    predictions.jsonl  one row per example: input, reference, base and tuned output, error categories
+    results.json       base, tuned and baseline metrics (+ perplexity, error counts and examples)
+    predictions.jsonl  one row per example: input, reference, base, tuned and best-baseline output
     confusion_matrix_{base,tuned}.png   classification runs only
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,12 +26,13 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from .baselines import run_baselines
 from .config import DataConfig, EvalConfig, RunConfig
 from .environment import choose_precision, precision_dtype
 from .errors import DataValidationError, RunFolderError
-from .files import unwritable, write_json, write_text
+from .files import unwritable
 from .formatting import IGNORE_INDEX, answer_text, build_prompt, classification_length_limit, \
-    completion_collator, encode_prompt, prompt_messages, stop_token_ids
+    completion_collator, encode_prompt, example_input, prompt_messages, stop_token_ids
 from .log import get_logger
 from .lora import check_adapter_files, load_adapter
 from .metrics import load_metric
@@ -38,16 +40,10 @@ from .metrics.entity_f1 import ERROR_CATEGORIES, categorize_errors, parse_entiti
 from .models import load_model, load_tokenizer
 from .plots import plot_confusion_matrix
 from .prepare import prepare_tokenized
+from .report import TABLE_KEYS, compare_table, log_report, write_results  # noqa: F401 (public here too)
 from .runs import check_same_model
 
 logger = get_logger()
-
-# Rows of the before/after table per task; dotted keys reach into nested results.
-TABLE_KEYS = {
-    "extraction": ["f1", "precision", "recall", "valid_json_rate", "exact_match"],
-    "text": ["exact_match", "token_f1", "rouge_l"],
-    "classification": ["accuracy", "macro_f1"],
-}
 
 
 def _autocast(model: torch.nn.Module, enabled: bool | None) -> contextlib.AbstractContextManager:
@@ -109,13 +105,6 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                 outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
             bar.update(len(batch))
     return outputs
-
-
-def example_input(example: dict, data_config: DataConfig) -> str:
-    """The part of an example a reader needs to judge an answer: its input, else the question."""
-    if data_config.recipe == "chat":
-        return next(m["content"] for m in reversed(example["messages"]) if m["role"] != "assistant")
-    return example.get("input") or example.get("instruction") or data_config.instruction or ""
 
 
 def detect_task(references: list[str]) -> str:
@@ -219,30 +208,6 @@ def error_analysis(predictions: list[str], references: list[str], inputs: list[s
     return {"per_example": per_example, "counts": counts, "examples": {c: e for c, e in examples.items() if e}}
 
 
-def _lookup(results: dict, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(results, dict) or part not in results:
-            return None
-        results = results[part]
-    return results
-
-
-def compare_table(base: dict, tuned: dict, keys: list[str]) -> str:
-    """A before/after text table: metric, base, tuned, delta (tuned - base). Dotted keys reach nested values."""
-    def fmt(value: Any) -> str:
-        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-
-    rows = [("metric", "base", "tuned", "delta")]
-    for key in keys:
-        a, b = _lookup(base, key), _lookup(tuned, key)
-        delta = f"{b - a:+.4f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
-        rows.append((key, fmt(a), fmt(b), delta))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
-
-
 def _evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RunConfig, split: EvalSplit,
                     out: Path, name: str) -> dict:
     """Every metric of one model (base or tuned) on the evaluation split."""
@@ -259,24 +224,16 @@ def _evaluate_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return result
 
 
-def _summary(result: dict) -> dict:
-    """The results.json part of an evaluation: metrics only (per-example data goes to predictions.jsonl)."""
-    summary = {k: v for k, v in result.items() if k not in ("predictions", "references", "inputs", "errors")}
-    if "errors" in result:
-        summary["error_counts"] = result["errors"]["counts"]
-        summary["error_examples"] = result["errors"]["examples"]
-    return summary
-
-
 class EvalSplit:
-    """The rows one evaluation scores: raw examples, their tokens, and validation rows for perplexity."""
+    """The rows one evaluation scores (raw examples and their tokens), validation rows for perplexity,
+    and ``train``: the raw training examples the model was trained on, which the baselines learn from."""
 
     def __init__(self, raw: Dataset, tokenized: Dataset, validation: Dataset, labels: list[str] | None,
-                 name: str, total: int):
+                 name: str, total: int, train: Dataset):
         if raw["row"] != tokenized["row"]:  # classification scores tokens, reports raw rows: same order
             raise RuntimeError("tunebook bug: tokenized and raw evaluation rows are not aligned.")
         self.raw, self.tokenized, self.validation, self.labels = raw, tokenized, validation, labels
-        self.name, self.total = name, total
+        self.name, self.total, self.train = name, total, train
         self.max_length: int | None = None  # classification: the tokens a text is cut to
 
     def __len__(self) -> int:
@@ -298,8 +255,14 @@ def evaluation_split(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> E
     def capped(dataset: Dataset) -> Dataset:
         return dataset.select(range(min(cap, len(dataset)))) if cap is not None else dataset
 
+    # Training drops over-long generation examples after validation (formatting.drop_overlong): the
+    # baselines get exactly the rows that were trained on, matched by their source row.
+    trained_rows = set(prepared.tokenized["train"]["row"])
+    train = prepared.raw["train"]
+    if len(trained_rows) < len(train):
+        train = train.select([i for i, row in enumerate(train["row"]) if row in trained_rows])
     split = EvalSplit(capped(prepared.raw[name]), capped(prepared.tokenized[name]),
-                      capped(prepared.tokenized["validation"]), prepared.labels, name, len(prepared.raw[name]))
+                      capped(prepared.tokenized["validation"]), prepared.labels, name, len(prepared.raw[name]), train)
     if config.data.recipe == "classification":
         split.max_length = classification_length_limit(tokenizer, config.data.max_length)
     return split
@@ -317,35 +280,6 @@ def find_adapter(config: RunConfig, adapter_dir: str | None, compare_base: bool)
     if adapter is not None:
         check_adapter_files(adapter)  # a damaged file stops now, not after the base model's evaluation
     return adapter
-
-
-def write_results(out: Path, config: RunConfig, split: EvalSplit, results: dict[str, dict],
-                  adapter: Path | None) -> dict:
-    """results.json (metrics, each with its row count) and predictions.jsonl (one line per row)."""
-    task = "classification" if config.data.recipe == "classification" else next(iter(results.values()))["task"]
-    summary = {"model": config.model.name, "quantization": config.model.quantization,
-               "adapter": str(adapter) if adapter else None, "split": split.name, "num_examples": len(split),
-               "split_rows": split.total, "task": task}
-    if task == "classification":  # texts past the length limit are scored on their first tokens: say how many
-        summary.update(max_length=split.max_length, truncated_rows=sum(split.tokenized["truncated"]))
-    summary.update({name: _summary(r) for name, r in results.items()})
-    lines = []
-    for i, example in enumerate(split.raw):
-        row: dict[str, Any] = {"row": example["row"], "input": example["text"] if task == "classification"
-                               else example_input(example, config.data)}
-        for name, r in results.items():
-            if task == "classification":
-                row["reference"] = r["labels"][r["references"][i]]
-                row[f"{name}_output"] = r["labels"][r["predictions"][i]]
-            else:
-                row["reference"] = r["references"][i]
-                row[f"{name}_output"] = r["predictions"][i]
-                if "errors" in r:
-                    row[f"{name}_errors"] = r["errors"]["per_example"][i]
-        lines.append(json.dumps(row, ensure_ascii=False))
-    write_json(out / "results.json", summary)
-    write_text(out / "predictions.jsonl", "".join(line + "\n" for line in lines))
-    return summary
 
 
 def run_evaluation(config: RunConfig, adapter_dir: str | None = None, compare_base: bool = True,
@@ -389,10 +323,9 @@ def run_evaluation(config: RunConfig, adapter_dir: str | None = None, compare_ba
         results["tuned"] = _evaluate_model(model, tokenizer, config, split, out, "tuned")
     else:
         logger.info(f"no adapter at {Path(config.train.output_dir) / 'adapter'}: evaluating the base model only")
-    summary = write_results(out, config, split, results, adapter)
-    keys = TABLE_KEYS[summary["task"]] + [f"per_type.{t}.f1" for t in next(iter(results.values())).get("per_type", {})]
-    keys += ["perplexity"] if summary["task"] != "classification" else []
-    logger.info(f"{split.name}, {len(split)} rows:\n" + compare_table(results.get("base", {}),
-                                                                      results.get("tuned", {}), keys))
+    task = "classification" if config.data.recipe == "classification" else next(iter(results.values()))["task"]
+    baselines = run_baselines(task, split.train, split.raw, config.data, split.labels)
+    summary = write_results(out, config, split, results, adapter, baselines)
+    log_report(summary, results, baselines)
     logger.info(f"results written to {out}/results.json and predictions.jsonl")
     return summary

@@ -60,6 +60,13 @@ def answer_text(example: dict, config: DataConfig) -> str:
     return example["messages"][-1]["content"] if config.recipe == "chat" else example["output"]
 
 
+def example_input(example: dict, config: DataConfig) -> str:
+    """The part of an example a reader needs to judge an answer: its input, else the question."""
+    if config.recipe == "chat":
+        return next(m["content"] for m in reversed(example["messages"]) if m["role"] != "assistant")
+    return example.get("input") or example.get("instruction") or config.instruction or ""
+
+
 def build_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
     """Render the prompt text that precedes the answer, for training and inference alike."""
     if tokenizer.chat_template:

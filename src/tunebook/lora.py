@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PreTrainedModel
+from safetensors import safe_open
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoraSettings
 from .environment import sharded_training
 from .errors import TunebookError
 from .log import get_logger
+from .pooling import check_adapter_pooling
 
 logger = get_logger()
 
@@ -186,8 +188,6 @@ def check_adapter_files(adapter_dir: str | Path) -> None:
     """Stop with :class:`AdapterError` when the adapter's files are damaged (cut short, not JSON)."""
     import json
 
-    from safetensors import safe_open
-
     adapter_dir = Path(adapter_dir)
     try:
         json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -200,6 +200,16 @@ def check_adapter_files(adapter_dir: str | Path) -> None:
                            f"{str(exc).splitlines()[0][:120]}). Train again, or resume its run to save it anew.") from None
 
 
+def _adapter_keys(adapter_dir: Path) -> list[str]:
+    """Tensor names in an adapter's safetensors file (empty when there is none or it is unreadable:
+    peft's own load then reports that)."""
+    try:
+        with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
+            return list(f.keys())
+    except Exception:  # missing or damaged file: safetensors raises its own error types
+        return []
+
+
 def load_adapter(model: PreTrainedModel, adapter_dir: str, adapter_name: str = "default",
                  is_trainable: bool = False) -> PeftModel:
     """Attach a saved adapter to a base model (inference by default).
@@ -207,6 +217,8 @@ def load_adapter(model: PreTrainedModel, adapter_dir: str, adapter_name: str = "
     The two failures users meet, a damaged adapter file and an adapter trained on another base
     model (peft reports every mismatched tensor, hundreds of lines), become one message each.
     """
+    if problem := check_adapter_pooling(model, _adapter_keys(Path(adapter_dir)), adapter_dir):
+        raise AdapterError(problem)
     try:
         return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable)
     except Exception as exc:  # safetensors, torch and peft raise their own types for the same two faults

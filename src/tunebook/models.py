@@ -33,6 +33,7 @@ from .environment import choose_precision, precision_dtype, sharded_training
 from .errors import TunebookError
 from .files import atomic_directory
 from .log import get_logger
+from .pooling import checkpoint_pooling, use_mean_pooling
 from .quantization import make_quantization_config
 
 logger = get_logger()
@@ -256,10 +257,15 @@ def load_model(
     # reports it as a warning table (with the package's file path). Say it once, plainly, instead.
     loading_logger = logging.getLogger("transformers.modeling_utils")
     loading_logger.addFilter(_drop_load_report)
+    source = resolve_model(name)
     try:
-        model = _load_or_explain(AutoModelForSequenceClassification.from_pretrained, name, resolve_model(name), **kwargs)
+        model = _load_or_explain(AutoModelForSequenceClassification.from_pretrained, name, source, **kwargs)
     finally:
         loading_logger.removeFilter(_drop_load_report)
+    # Sentence-embedding checkpoints are read by mean pooling, not through BERT's [CLS] pooler (see
+    # tunebook.pooling for why and what it gains).
+    if checkpoint_pooling(source, model.config) == "mean" and use_mean_pooling(model):
+        logger.debug("classifier reads the mean of the token vectors (the checkpoint's own pooling)")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = load_tokenizer(name).pad_token_id
     return model
