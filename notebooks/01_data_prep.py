@@ -367,7 +367,8 @@ leaky = RUN_DIR / "leaky_conll"
 shutil.copytree(ROOT / "data/extraction_conll", leaky, dirs_exist_ok=True)
 test_sentences = (leaky / "test.conll").read_text().split("\n\n")[1:3]  # skip the -DOCSTART- block
 (leaky / "train.conll").write_text((leaky / "train.conll").read_text() + "\n" + "\n\n".join(test_sentences) + "\n")
-leaky_config = apply_overrides(config, {"data.path": str(leaky)})
+# The shipped extraction config (your DATA cell may have changed `config`'s columns and instruction)
+leaky_config = apply_overrides(notebook_config(CONFIG, SMOKE, name="data-prep"), {"data.path": str(leaky)})
 try:
     load_and_validate(leaky_config.data)
 except DataValidationError as error:

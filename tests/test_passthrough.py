@@ -75,6 +75,8 @@ class Wired:
     trainer_kwargs: dict
     model_calls: list
     tokenizer_calls: list
+    saved_config: RunConfig | None  # the run folder's config.yaml as the Trainer is built (a failed
+    # run removes it again, so it is read at that moment)
 
     @property
     def args(self):
@@ -99,6 +101,8 @@ class Ctx:
         class StandInTrainer:
             def __init__(self, **kwargs):
                 recorded.update(kwargs)
+                saved = Path(config.train.output_dir) / "config.yaml"
+                recorded["saved_config"] = load_config(saved) if saved.is_file() else None
                 raise _TrainerBuilt
 
         with pytest.MonkeyPatch.context() as mp:
@@ -112,7 +116,8 @@ class Ctx:
             with pytest.raises(_TrainerBuilt):
                 train.run_training(config)
         calls = [c for spy in model_spies.values() for c in spy.calls]
-        return Wired(recorded, calls, tokenizer_spy.calls)
+        saved_config = recorded.pop("saved_config")
+        return Wired(recorded, calls, tokenizer_spy.calls, saved_config)
 
     def training_arguments(self, config: RunConfig):
         return train.training_arguments(config, Path(config.train.output_dir), "fp32", "adamw_torch", has_eval=True)
@@ -391,7 +396,7 @@ def _lora_bias(config: RunConfig, ctx: Ctx) -> None:
 def _train_output_dir(config: RunConfig, ctx: Ctx) -> None:
     wired = ctx.wire(config)
     assert wired.args.output_dir == str(Path(config.train.output_dir) / "checkpoints")
-    assert load_config(Path(config.train.output_dir) / "config.yaml") == config
+    assert wired.saved_config == config
 
 
 @passes("train.max_steps", 37)
@@ -468,7 +473,9 @@ def _train_pad_to_length(config: RunConfig, ctx: Ctx) -> None:
     rows = [{k: v for k, v in ex.items() if k in ("input_ids", "labels")}
             for ex in wired.trainer_kwargs["train_dataset"].select(range(3))]
     batch = wired.trainer_kwargs["data_collator"](rows)
-    assert batch["input_ids"].shape == (3, 96) and batch["labels"].shape == (3, 96)
+    # Labels start at the first trained position (formatting.TrainedPositionsOnly); inputs keep all 96.
+    kept = len(batch.get("logits_to_keep", range(96)))
+    assert batch["input_ids"].shape == (3, 96) and batch["labels"].shape == (3, kept)
 
 
 @passes("train.logging_steps", 3)
@@ -646,11 +653,10 @@ def test_fixed_trainer_settings(ctx: Ctx) -> None:
 def test_pad_to_length_shorter_than_the_longest_example(ctx: Ctx) -> None:
     config = apply_overrides(base_config(ctx), {"train.pad_to_length": 50})
     with pytest.raises(train.ConfigError) as info:
-        train.prepare_training_data(config, ctx.tokenizer, ctx.tmp_path)
+        train.prepare_training_data(config, ctx.tokenizer)
     assert str(info.value) == ("train.pad_to_length=50 is shorter than the longest example (69 tokens); raise it, or "
                                "set it to null for dynamic padding.")
-    fits = train.prepare_training_data(apply_overrides(config, {"train.pad_to_length": 69}), ctx.tokenizer,
-                                         ctx.tmp_path)
+    fits = train.prepare_training_data(apply_overrides(config, {"train.pad_to_length": 69}), ctx.tokenizer)
     assert len(fits.tokenized["validation"]) == 4  # the default cap (200) is above the 4 rows
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,7 +328,7 @@ def run_training(config: RunConfig, resume: bool = False, overwrite: bool = Fals
             raise
         resume_hint = (f"`train --resume` continues from {kept.name}" if kept else
                        "nothing was saved, so train again" if resume_from is None else
-                       f"`train --resume` continues from the last complete checkpoint")
+                       "`train --resume` continues from the last complete checkpoint")
         raise RunFolderError(f"Writing the run into {run_dir} failed: {reason}. Free disk space, or set "
                              f"train.output_dir to a folder with room that you can write; {resume_hint}.") from exc
 
