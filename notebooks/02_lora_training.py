@@ -120,10 +120,13 @@ with torch.no_grad():
     ours.A.copy_(q_proj.lora_A["default"].weight)
     q_proj.lora_B["default"].weight.normal_(std=0.02)
     ours.B.copy_(q_proj.lora_B["default"].weight)
-    x = torch.randn(2, 5, q_proj.base_layer.in_features, dtype=torch.bfloat16)
-    difference = (ours(x.float()).float() - q_proj(x).float()).abs().max().item()
+    x = torch.randn(2, 5, q_proj.base_layer.in_features)
+    # Mixed precision as in training: autocast runs each matmul in the compute dtype (bf16 here)
+    # while A and B stay fp32, so the bf16 base weights and fp32 adapters meet in one layer.
+    with torch.autocast("cpu", dtype=precision_dtype(precision), enabled=precision != "fp32"):
+        difference = (ours(x).float() - q_proj(x).float()).abs().max().item()
     q_proj.lora_B["default"].weight.zero_()  # back to the untrained state for the training below
-print(f"max |ours - peft| = {difference:.2e}  (bf16 rounding of the frozen matmul)")
+print(f"max |ours - peft| = {difference:.2e}  ({precision} rounding)")
 assert difference < 0.05
 
 # %% [markdown]

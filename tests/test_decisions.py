@@ -182,7 +182,7 @@ def test_divergence_message_in_full() -> None:
     assert str(info.value) == (
         "Training diverged at step 8: the loss went from 2 to 9 (step 3: 2.2, step 4: 2.3, step 5: 2.4, step 6: 2.5, "
         "step 7: 2.6, step 8: 9). Likely cause: train.learning_rate=0.05 is too high (LoRA trains well at 1e-4 to "
-        "2e-3). The adapter was not saved; lower the rate and train again with --overwrite.")
+        "2e-3). The adapter was not saved; lower the rate and train again.")
 
 
 def test_nan_loss_stops_at_the_step_it_happens(smollm_tokenizer, tmp_path) -> None:

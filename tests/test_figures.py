@@ -264,7 +264,7 @@ def bench_metrics(steps: int = 3, accumulation: int = 2) -> dict:
     log = [{"rows": 4, "width": 16 + 8 * (i % 2), "trained_tokens": 20 + i, "end_seconds": 1.5 + 0.5 * i}
            for i in range(steps * accumulation)]
     return {"batch_log": log, "global_step": steps, "runtime_seconds": 9.0, "eval_seconds": 1.0,
-            "train_loss": [{"step": i + 1, "loss": 3.0 - i} for i in range(steps)], "lora_r": 16,
+            "train_loss": [{"step": i + 1, "loss": 3.0 - i} for i in range(steps)], "lora_r": 16, "lora_dropout": 0.05,
             "decisions": {"precision": "fp32: asked for", "device": "cpu: none"}, "trained_tokens": 999,
             "input_tokens": 300, "padded_tokens": 400, "peak_memory_mb": 900.0, "final_eval_loss": 0.5}
 
