@@ -25,10 +25,12 @@ demo: setup
 
 # Whole suite: unit tests (tiny random models), integration tests (embedded models), notebooks (smoke mode).
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # Unit tests only (seconds).
 test-fast: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not integration and not notebook"
 
 # Mutation testing of the core modules against the fast unit tests (tests/README.md): long, an

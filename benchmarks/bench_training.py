@@ -396,7 +396,8 @@ def evaluate_targets(results: dict[str, dict], rates: dict) -> list[dict]:
         else:
             status = "PASS" if speedup >= SPEEDUP_TARGET and same_loss else "MISS"
         figure = (f"{speedup:.2f}x trained tokens/s (target >= {SPEEDUP_TARGET:.0f}x); {which} "
-                  f"delta {delta:+.4f} vs noise +-{noise:.4f}" + ("" if noise > 0 else " (noise unknown: needs >= 4 steps)"))
+                  f"delta {delta:+.4f} vs noise +-{noise:.4f}"
+                  + ("" if noise > 0 else " (noise unknown: needs >= 4 steps)"))
         limits = []
         if speedup < SPEEDUP_TARGET:
             padding = tut["padded_tokens"] / max(tb["padded_tokens"], 1)

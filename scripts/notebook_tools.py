@@ -31,7 +31,8 @@ def ensure_kernel(name: str = "python3") -> str:
         argv0 = manager.get_kernel_spec(name).argv[0]
     except NoSuchKernel:
         argv0 = None
-    if argv0 is not None and (argv0 in ("python", "python3") or Path(argv0).resolve() == Path(sys.executable).resolve()):
+    this_python = Path(sys.executable).resolve()
+    if argv0 is not None and (argv0 in ("python", "python3") or Path(argv0).resolve() == this_python):
         return name
     if argv0 is None and name == "python3":
         subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix"], check=True,

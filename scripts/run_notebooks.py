@@ -30,8 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 sys.path.insert(0, str(ROOT / "src"))  # works before `pip install -e .` too
 
-from notebook_tools import (ensure_kernel, execute_notebook, notebook_problems,  # noqa: E402
-                            relative_papermill_metadata, sync_notebook)
+from notebook_tools import (  # noqa: E402
+    ensure_kernel,
+    execute_notebook,
+    notebook_problems,
+    relative_papermill_metadata,
+    sync_notebook,
+)
 
 
 def select(names: list[str]) -> list[Path]:

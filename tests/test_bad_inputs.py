@@ -13,7 +13,6 @@ import os
 import shutil
 
 import pytest
-
 from bad_inputs import CASES, TABLE_PATH, Assets, Outcome, render_table, run_case, workspace
 
 # Cases that still misbehave, with the reason; each is expected to fail until it is fixed.

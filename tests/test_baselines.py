@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_rows
 from datasets import Dataset
 
-from conftest import write_rows
-from tunebook.baselines import Gazetteer, baseline_warning, best_baseline, majority_class, nearest_answer, \
-    run_baselines
+from tunebook.baselines import Gazetteer, baseline_warning, best_baseline, majority_class, nearest_answer, run_baselines
 from tunebook.config import DataConfig, RunConfig, apply_overrides
 from tunebook.evaluation import compare_table, run_evaluation
 from tunebook.train import run_training
@@ -183,7 +182,8 @@ def _predictions(out: Path) -> list[dict]:
 
 def test_classification_baselines_score_the_models_rows(tiny_classifier_dir, tmp_path, capsys) -> None:
     def row(i: int, spam: bool) -> dict:
-        return {"text": f"{'free prize now' if spam else 'see you at lunch'} number {i}", "label": "ham spam".split()[spam]}
+        text = f"{'free prize now' if spam else 'see you at lunch'} number {i}"
+        return {"text": text, "label": "ham spam".split()[spam]}
 
     folder = tmp_path / "sms"
     write_rows(folder / "train.jsonl", [row(i, i % 4 == 0) for i in range(32)])

@@ -243,7 +243,7 @@ def test_fractions_must_leave_rows_to_train_on() -> None:
 def test_booleans_are_true_or_false_only(tmp_path: Path, text: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(f"train:\n  group_by_length: {text}\n")
-    with pytest.raises(ConfigError, match=rf"c.yaml, line 2: train.group_by_length: expected true or false, got "):
+    with pytest.raises(ConfigError, match=r"c.yaml, line 2: train.group_by_length: expected true or false, got "):
         load_config(path)
 
 
@@ -299,7 +299,8 @@ def test_ranges_come_from_the_field_metadata() -> None:
     bounds = {f.name: f.metadata.get("range") for f in dataclasses.fields(TrainConfig)}
     assert bounds["learning_rate"] == (None, 0, 1, None) and bounds["warmup_ratio"] == (0, None, None, 1)
     assert bounds["output_dir"] is None and TrainConfig().max_steps == 150 and DataConfig().max_length is None
-    for key, value, allowed in [("train.learning_rate", 0.0, "> 0 and <= 1"), ("train.warmup_ratio", 1.0, ">= 0 and < 1"),
+    for key, value, allowed in [("train.learning_rate", 0.0, "> 0 and <= 1"),
+                                ("train.warmup_ratio", 1.0, ">= 0 and < 1"),
                                 ("train.max_steps", 0, ">= 1"), ("data.max_length", 0, ">= 1")]:
         with pytest.raises(ConfigError, match=f"{key}: {value!r} is out of range: it must be {allowed}."):
             apply_overrides(RunConfig(), {key: value})

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from tunebook.config import DataConfig
 from tunebook.data import DataValidationError, example_key, load_and_validate
@@ -507,7 +507,8 @@ def test_empty_text_message_in_full(tmp_data) -> None:
     path = tmp_data(rows)
     with pytest.raises(DataValidationError) as info:
         load(path)
-    assert str(info.value) == f"{path}, line 2, field 'output': expected non-empty text, got '  '. Fix or remove the row."
+    assert str(info.value) == (f"{path}, line 2, field 'output': expected non-empty text, got '  '. "
+                               "Fix or remove the row.")
 
 
 def test_example_key_without_an_instruction() -> None:

@@ -15,8 +15,14 @@ from tunebook import environment
 from tunebook.config import RunConfig, apply_overrides
 from tunebook.environment import choose_device, choose_precision, precision_dtype
 from tunebook.errors import ConfigError
-from tunebook.train import (CHECKPOINTING_MIN_PARAMETERS, DivergenceGuard, TrainingDiverged,
-                            choose_gradient_checkpointing, choose_optimizer, frozen_weight_dtype)
+from tunebook.train import (
+    CHECKPOINTING_MIN_PARAMETERS,
+    DivergenceGuard,
+    TrainingDiverged,
+    choose_gradient_checkpointing,
+    choose_optimizer,
+    frozen_weight_dtype,
+)
 
 # ---------------------------------------------------------------- gradient checkpointing
 
@@ -186,9 +192,9 @@ def test_divergence_message_in_full() -> None:
 
 
 def test_nan_loss_stops_at_the_step_it_happens(smollm_tokenizer, tmp_path) -> None:
+    from conftest import make_tiny_llama
     from transformers import TrainingArguments
 
-    from conftest import make_tiny_llama
     from tunebook.config import LoraSettings
     from tunebook.lora import apply_lora
     from tunebook.train import TunebookTrainer
@@ -225,6 +231,7 @@ def test_only_the_main_process_describes_the_adapter(smollm_tokenizer, monkeypat
     import copy
 
     from conftest import make_tiny_llama
+
     from tunebook import train
 
     base = make_tiny_llama(len(smollm_tokenizer))

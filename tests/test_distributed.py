@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO_ROOT, write_rows
 from safetensors import safe_open
 
-from conftest import REPO_ROOT, write_rows
 from tunebook.config import RunConfig, apply_overrides, load_config, save_config
 from tunebook.train import run_training
 

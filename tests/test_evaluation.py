@@ -11,14 +11,22 @@ import math
 
 import pytest
 import torch
-from datasets import Dataset
 from conftest import make_tiny_llama
+from datasets import Dataset
 from transformers import LlamaForSequenceClassification
 
 from tunebook.config import DataConfig, EvalConfig, apply_overrides, load_config
-from tunebook.evaluation import (compare_table, detect_task, error_analysis, evaluate_classification,
-                                 evaluate_generation, generate, perplexity, run_evaluation)
-from tunebook.formatting import completion_collator, build_prompt, prompt_messages, tokenize_example
+from tunebook.evaluation import (
+    compare_table,
+    detect_task,
+    error_analysis,
+    evaluate_classification,
+    evaluate_generation,
+    generate,
+    perplexity,
+    run_evaluation,
+)
+from tunebook.formatting import build_prompt, completion_collator, prompt_messages, tokenize_example
 
 EXTRACTION = DataConfig(recipe="instruction", instruction="Extract the named entities as JSON.")
 

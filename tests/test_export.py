@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, make_tiny_llama
 
-from tunebook.errors import RunFolderError
 from tunebook.config import LoraSettings, load_config
+from tunebook.errors import RunFolderError
 from tunebook.export import export_run, load_gguf_model
 from tunebook.formatting import build_prompt
 from tunebook.gguf_convert import UnsupportedModel, pre_tokenizer_name, rope_permute, write_gguf
@@ -340,7 +340,7 @@ def test_modelfile_takes_the_templates_default_system_prompt(smollm_tokenizer, s
 def test_llama_cpp_runs_the_export_like_transformers(exports, small_tokenizer):
     """Only where llama-cpp-python is installed (`make llama-cpp`); see docs/export.md."""
     pytest.importorskip("llama_cpp")
-    from tunebook.llamacpp import load_llama, llama_logits
+    from tunebook.llamacpp import llama_logits, load_llama
 
     _, files, reloaded = exports
     llm = load_llama(files["f16"], n_ctx=128, logits_all=True)

@@ -15,15 +15,25 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import REPO_ROOT, make_tiny_llama
 from transformers import TrainingArguments
 
-from conftest import REPO_ROOT, make_tiny_llama
 from tunebook import train
 from tunebook.config import DataConfig, LoraSettings
 from tunebook.formatting import IGNORE_INDEX, completion_collator, tokenize_example
 from tunebook.lora import apply_lora
-from tunebook.memory import (ADAPTER_BYTES, EAGER_SCORES_BYTES, GiB, INT8_ROW_SCALE_BYTES, LOGITS_INFER_BYTES,
-                             LOGITS_TRAIN_BYTES, NF4_BYTES_PER_PARAM, OVERHEAD_BYTES, ModelShape, estimate_memory)
+from tunebook.memory import (
+    ADAPTER_BYTES,
+    EAGER_SCORES_BYTES,
+    INT8_ROW_SCALE_BYTES,
+    LOGITS_INFER_BYTES,
+    LOGITS_TRAIN_BYTES,
+    NF4_BYTES_PER_PARAM,
+    OVERHEAD_BYTES,
+    GiB,
+    ModelShape,
+    estimate_memory,
+)
 
 # ---------------------------------------------------------------- metrics.json
 
@@ -264,7 +274,8 @@ def bench_metrics(steps: int = 3, accumulation: int = 2) -> dict:
     log = [{"rows": 4, "width": 16 + 8 * (i % 2), "trained_tokens": 20 + i, "end_seconds": 1.5 + 0.5 * i}
            for i in range(steps * accumulation)]
     return {"batch_log": log, "global_step": steps, "runtime_seconds": 9.0, "eval_seconds": 1.0,
-            "train_loss": [{"step": i + 1, "loss": 3.0 - i} for i in range(steps)], "lora_r": 16, "lora_dropout": 0.05,
+            "train_loss": [{"step": i + 1, "loss": 3.0 - i} for i in range(steps)], "lora_r": 16,
+            "lora_dropout": 0.05,
             "decisions": {"precision": "fp32: asked for", "device": "cpu: none"}, "trained_tokens": 999,
             "input_tokens": 300, "padded_tokens": 400, "peak_memory_mb": 900.0, "final_eval_loss": 0.5}
 
@@ -305,7 +316,8 @@ def test_benchmark_ratios_divide_each_variant_by_the_tutorial(bench) -> None:
         return {"trained_tokens_per_second": tps, "seconds_per_step": sps, "peak_memory_mb": peak,
                 "peak_memory_growth_mb": growth, "final_train_loss": loss, "eval_loss": eval_loss}
 
-    results = {"tutorial": row(10.0, 4.0, 2000.0, 1500.0, 1.0, 0.8), "tunebook": row(55.0, 0.5, 1000.0, 600.0, 0.9, None)}
+    results = {"tutorial": row(10.0, 4.0, 2000.0, 1500.0, 1.0, 0.8),
+               "tunebook": row(55.0, 0.5, 1000.0, 600.0, 0.9, None)}
     raw = {"tutorial": {"batch_log": [{"trained_tokens": 5}, {"trained_tokens": 7}]},
            "tunebook": {"batch_log": [{"trained_tokens": 7}, {"trained_tokens": 5}]}}
     bench.add_ratios(results, raw)
@@ -325,6 +337,7 @@ def test_one_step_run_saves_every_file_and_its_figures(tiny_model_dir, smollm_to
     import json
 
     from conftest import write_rows
+
     from tunebook.config import RunConfig, apply_overrides, load_config
     from tunebook.environment import choose_device
     from tunebook.prepare import prepare_tokenized
@@ -332,7 +345,8 @@ def test_one_step_run_saves_every_file_and_its_figures(tiny_model_dir, smollm_to
     data = write_rows(tmp_path / "data" / "train.jsonl",
                       [{"instruction": f"Add {i} and {i}.", "output": f"{2 * i}"} for i in range(20)])
     config = apply_overrides(RunConfig(), {
-        "model.name": str(tiny_model_dir), "data.path": str(data), "lora.r": 2, "train.output_dir": str(tmp_path / "run"),
+        "model.name": str(tiny_model_dir), "data.path": str(data), "lora.r": 2,
+        "train.output_dir": str(tmp_path / "run"),
         "train.max_steps": 1, "train.per_device_batch_size": 2, "train.precision": "fp32", "train.logging_steps": 1,
         "train.eval_steps": 1, "train.save_steps": 1, "train.eval_loss_examples": 2})
     result = train.run_training(config)

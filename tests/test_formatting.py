@@ -11,9 +11,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
-
 from conftest import CHAT_STYLES, make_tiny_llama
+from datasets import Dataset, DatasetDict
 
 from tunebook.config import DataConfig
 from tunebook.errors import TemplateError
@@ -28,9 +27,9 @@ from tunebook.formatting import (
     encode_prompt,
     end_of_turn_id,
     length_stats,
-    stop_token_ids,
     prompt_messages,
     show_trained_tokens,
+    stop_token_ids,
     suggest_max_length,
     tokenize_dataset,
     tokenize_example,
@@ -360,8 +359,8 @@ def test_show_trained_tokens_html_escapes(smollm_tokenizer) -> None:
 
 def test_trained_positions_only_gives_the_same_loss_and_gradients(smollm_tokenizer) -> None:
     """The LM head on the answer positions alone computes the very loss of the full head."""
-    from tunebook.lora import apply_lora
     from tunebook.config import LoraSettings
+    from tunebook.lora import apply_lora
 
     tok = smollm_tokenizer
     examples = [{"instruction": f"Question {i}?" + " more" * i, "input": "", "output": "An answer." + " yes" * (3 - i)}
@@ -370,7 +369,8 @@ def test_trained_positions_only_gives_the_same_loss_and_gradients(smollm_tokeniz
     full = completion_collator(tok)(features)
     part = completion_collator(tok, trained_positions_only=True)(features)
     width = full["input_ids"].shape[1]
-    assert part["labels"].shape[1] < width and part["logits_to_keep"].tolist() == list(range(width - part["labels"].shape[1], width))
+    kept = part["labels"].shape[1]
+    assert kept < width and part["logits_to_keep"].tolist() == list(range(width - kept, width))
     torch.manual_seed(0)
     model = apply_lora(make_tiny_llama(len(tok), pad_token_id=tok.pad_token_id), LoraSettings(r=4, dropout=0.0),
                        verbose=False)

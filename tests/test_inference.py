@@ -14,8 +14,15 @@ from conftest import make_tiny_llama
 from tunebook.config import LoraSettings
 from tunebook.evaluation import generate
 from tunebook.formatting import build_prompt, encode_prompt
-from tunebook.inference import (load_adapters, load_for_inference, merge_adapter, merge_into_quantized_demo,
-                                model_memory_bytes, set_active_adapter, verify_merge)
+from tunebook.inference import (
+    load_adapters,
+    load_for_inference,
+    merge_adapter,
+    merge_into_quantized_demo,
+    model_memory_bytes,
+    set_active_adapter,
+    verify_merge,
+)
 from tunebook.lora import apply_lora
 from tunebook.models import load_model
 

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import CHAT_STYLES
+
 from tunebook.config import DataConfig
 from tunebook.data import DataValidationError, label_names, load_and_validate
 from tunebook.evaluation import generate
-from tunebook.formatting import (IGNORE_INDEX, build_prompt, completion_collator, encode_prompt, end_of_turn_id,
-                                 prompt_messages, stop_token_ids, tokenize_dataset, tokenize_example)
+from tunebook.formatting import (
+    IGNORE_INDEX,
+    build_prompt,
+    completion_collator,
+    encode_prompt,
+    end_of_turn_id,
+    prompt_messages,
+    stop_token_ids,
+    tokenize_dataset,
+    tokenize_example,
+)
 
 # ---------------------------------------------------------------- labels
 

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from conftest import REPO_ROOT
 from tunebook import cli
 from tunebook.lora import TARGET_MODULES_BY_ARCHITECTURE, UnknownTargetModule
 from tunebook.memory import (
-    GiB,
     METHODS,
     PRESET_SHAPES,
+    GiB,
     UnknownModelName,
     estimate_memory,
     format_table,
@@ -211,7 +211,8 @@ def test_fit_table_rows_are_the_estimates() -> None:
     defaults = gpu_fit_table(model_names=("7b",), methods=("lora",))[0]
     assert (defaults["batch_size"], defaults["seq_len"], defaults["gradient_checkpointing"]) == (1, 2048, True)
     assert list(defaults["fits"]) == [16, 24, 40, 80]
-    assert defaults["total_gib"] == estimate_memory(shape, "lora", seq_len=2048, gradient_checkpointing=True).total / GiB
+    expected = estimate_memory(shape, "lora", seq_len=2048, gradient_checkpointing=True)
+    assert defaults["total_gib"] == expected.total / GiB
     assert [r["model"] for r in gpu_fit_table()] == [m for m in ("1b", "7b", "13b", "70b") for _ in METHODS]
 
 

@@ -335,7 +335,8 @@ def test_metric_classes_compute_their_plain_functions(module, cls, predictions, 
     metric = getattr(mod, cls)()
     plain = {"classification": "classification_scores", "entity_f1": "entity_scores",
              "text_overlap": "overlap_scores"}[module]
-    assert metric.compute(predictions=predictions, references=references) == getattr(mod, plain)(predictions, references)
+    expected = getattr(mod, plain)(predictions, references)
+    assert metric.compute(predictions=predictions, references=references) == expected
     info = metric._info()
     assert set(info.features) == {"predictions", "references"}
     assert info.description == mod._DESCRIPTION and info.inputs_description == mod._KWARGS_DESCRIPTION

@@ -557,7 +557,8 @@ def test_adapter_of_another_shape_is_one_clear_error(tiny_llama, smollm_tokenize
     saved["r"] = 8  # the config says r=8, the tensors are r=4: what another run's adapter looks like
     (tmp_path / "r8").mkdir()
     (tmp_path / "r8" / "adapter_config.json").write_text(json.dumps(saved))
-    (tmp_path / "r8" / "adapter_model.safetensors").write_bytes((tmp_path / "r4" / "adapter_model.safetensors").read_bytes())
+    weights = (tmp_path / "r4" / "adapter_model.safetensors").read_bytes()
+    (tmp_path / "r8" / "adapter_model.safetensors").write_bytes(weights)
     with pytest.raises(AdapterError) as info:
         load_adapter(copy.deepcopy(tiny_llama), str(tmp_path / "r8"))
     message = str(info.value)

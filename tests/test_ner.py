@@ -87,8 +87,9 @@ def test_read_conll_file_keeps_sentences_tags_and_lines(tmp_path: Path) -> None:
     path.write_text(CONLL)
     table = read_file(path)
     assert table.conll and table.lines == [3, 9]  # the line each sentence starts on
-    assert table.rows == [{"tokens": ["EU", "rejects", "German", "call", "."], "tags": ["B-ORG", "O", "B-MISC", "O", "O"]},
-                          {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]}]
+    assert table.rows == [
+        {"tokens": ["EU", "rejects", "German", "call", "."], "tags": ["B-ORG", "O", "B-MISC", "O", "O"]},
+        {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]}]
 
 
 def test_conll_with_a_line_without_a_tag_names_the_line(tmp_path: Path) -> None:

@@ -27,11 +27,11 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from conftest import make_tiny_llama, write_rows
 from transformers import BitsAndBytesConfig, DataCollatorWithPadding
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
-from conftest import make_tiny_llama, write_rows
 from tunebook import models, train
 from tunebook.config import RunConfig, apply_overrides, load_config
 from tunebook.data import load_and_validate
@@ -599,7 +599,9 @@ def test_every_field_has_exactly_one_check() -> None:
 def test_field_reaches_its_object(key: str, ctx: Ctx) -> None:
     case = PASS_THROUGH.get(key)
     assert case is not None, f"{key} has no pass-through check: add one to PASS_THROUGH in {__file__}"
-    resolve = (lambda v: v(ctx) if callable(v) else copy.deepcopy(v))
+    def resolve(value):  # a callable value is a path under this test's tmp_path
+        return value(ctx) if callable(value) else copy.deepcopy(value)
+
     overrides = {k: resolve(v) for k, v in case.extra.items()}
     config = apply_overrides(base_config(ctx), {**overrides, key: resolve(case.value)})
     section, name = key.split(".")
@@ -660,7 +662,8 @@ def test_pad_to_length_shorter_than_the_longest_example(ctx: Ctx) -> None:
     assert len(fits.tokenized["validation"]) == 4  # the default cap (200) is above the 4 rows
 
 
-@pytest.mark.parametrize("precision, bf16, fp16", [("bf16", True, False), ("fp16", False, True), ("fp32", False, False)])
+@pytest.mark.parametrize("precision, bf16, fp16",
+                         [("bf16", True, False), ("fp16", False, True), ("fp32", False, False)])
 def test_precision_reaches_the_trainer_flags(ctx: Ctx, precision: str, bf16: bool, fp16: bool) -> None:
     args = train.training_arguments(base_config(ctx), ctx.tmp_path, precision, "adamw_torch", has_eval=False)
     assert (args.bf16, args.fp16) == (bf16, fp16)

@@ -9,8 +9,17 @@ import pytest
 
 from tunebook.config import RunConfig, apply_overrides, config_to_dict, save_config
 from tunebook.errors import RunFolderError
-from tunebook.runs import (IDENTITY_KEYS, RUN_FILES, check_same_model, identity_differences, is_finished,
-                           last_complete_checkpoint, run_contents, saved_config, start_run)
+from tunebook.runs import (
+    IDENTITY_KEYS,
+    RUN_FILES,
+    check_same_model,
+    identity_differences,
+    is_finished,
+    last_complete_checkpoint,
+    run_contents,
+    saved_config,
+    start_run,
+)
 
 # A value different from the default for each identity key.
 CHANGED = {"model.name": "other-model", "model.task": "sequence-classification", "model.quantization": "4bit",
@@ -239,7 +248,8 @@ def test_sharded_adapter_is_gathered_and_moved_into_place(tmp_path: Path, fsdp: 
     save_sharded_adapter(trainer, tmp_path / "adapter")
     assert trainer.state_dict_types == (["FULL_STATE_DICT"] if fsdp else [])
     assert trainer.saved_to == [str(tmp_path / ".adapter.gather")]
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    saved = sorted(p.name for p in (tmp_path / "adapter").iterdir())
+    assert saved == ["adapter_config.json", "adapter_model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # the gathering folder is gone
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, make_tiny_llama, write_rows
 from safetensors import safe_open
 
-from conftest import REPO_ROOT, make_tiny_llama, write_rows
 from tunebook import cli
 from tunebook.config import RunConfig, apply_overrides, save_config
 from tunebook.errors import RunFolderError

@@ -176,12 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores; 1 is faster on a busy CPU)")
 
     p = sub.add_parser("estimate", help="estimate training or inference memory before a run")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, Hub id, preset (1b/7b/13b/70b) or size like 3B")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="embedded name, Hub id, preset (1b/7b/13b/70b) or size like 3B")
     p.add_argument("--method", default="lora", choices=["full", "lora", "qlora-4bit", "lora-8bit"])
     p.add_argument("--batch-size", type=_positive_int, default=1)
     p.add_argument("--seq-len", type=_positive_int, default=512)
     p.add_argument("--lora-r", type=_positive_int, default=16)
-    p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (above 0 keeps a copy of each adapted input)")
+    p.add_argument("--lora-dropout", type=float, default=0.0,
+                   help="LoRA dropout (above 0 keeps a copy of each adapted input)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--inference", action="store_true", help="estimate generation instead of training")
     p.set_defaults(func=cmd_estimate)

@@ -31,8 +31,17 @@ from .config import DataConfig, EvalConfig, RunConfig
 from .environment import choose_precision, precision_dtype
 from .errors import DataValidationError, RunFolderError
 from .files import unwritable
-from .formatting import IGNORE_INDEX, answer_text, build_prompt, classification_length_limit, \
-    completion_collator, encode_prompt, example_input, prompt_messages, stop_token_ids
+from .formatting import (
+    IGNORE_INDEX,
+    answer_text,
+    build_prompt,
+    classification_length_limit,
+    completion_collator,
+    encode_prompt,
+    example_input,
+    prompt_messages,
+    stop_token_ids,
+)
 from .log import get_logger
 from .lora import check_adapter_files, load_adapter
 from .metrics import load_metric

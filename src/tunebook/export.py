@@ -39,12 +39,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .config import RunConfig
 from .data import load_and_validate
+from .errors import RunFolderError
 from .evaluation import evaluate_generation
 from .files import atomic_directory, write_json
 from .formatting import build_prompt, encode_prompt, prompt_messages
 from .gguf_convert import QUANT_TYPES, write_gguf
 from .inference import _logits, _run_quantization, load_for_inference, merge_adapter
-from .errors import RunFolderError
 from .log import get_logger
 from .models import load_model, load_tokenizer
 from .ollama import ollama_model_name, write_modelfile
@@ -174,10 +174,12 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         + (f" (every weight equals the merged one rounded to {report['quant']}: {weights['weights_exact']})"
            if weights["weights_exact"] is not None else ""),
         (f"logits vs merged: max abs diff {report['logits']['max_abs_diff']:.3g} over {report['logits']['positions']} "
-         f"positions of {report['logits']['prompts']} prompts; top-1 agreement {report['logits']['top1_agreement']:.4f}"),
+         f"positions of {report['logits']['prompts']} prompts; "
+         f"top-1 agreement {report['logits']['top1_agreement']:.4f}"),
         (f"tokenizer from the file: identical prompt ids on {report['tokenizer']['identical_prompt_ids']}"
          f"/{report['tokenizer']['rows']} rows"),
-        f"greedy answers identical to merged: {report['greedy']['identical_to_merged']}/{report['greedy']['rows']} rows",
+        (f"greedy answers identical to merged: {report['greedy']['identical_to_merged']}"
+         f"/{report['greedy']['rows']} rows"),
         f"{key} on {metric['rows']} {report['split']} rows: {scores}",
     ]
 

@@ -26,11 +26,11 @@ import torch
 
 from .config import RunConfig
 from .data import load_and_validate
+from .errors import RunFolderError, TunebookError
 from .evaluation import detect_task, example_input
 from .export import compare_logits, export_dir, load_gguf_model
 from .files import write_json
 from .formatting import answer_text, build_prompt, encode_prompt, prompt_messages
-from .errors import RunFolderError, TunebookError
 from .log import get_logger
 from .metrics import load_metric
 from .models import load_tokenizer

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import PreTrainedModel
 from safetensors import safe_open
+from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from .config import LoraSettings
@@ -197,7 +197,8 @@ def check_adapter_files(adapter_dir: str | Path) -> None:
                 pass
     except Exception as exc:  # noqa: BLE001 - json, OSError and safetensors' own error all mean "damaged"
         raise AdapterError(f"The adapter files in {adapter_dir} are damaged ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:120]}). Train again, or resume its run to save it anew.") from None
+                           f"{str(exc).splitlines()[0][:120]}). Train again, or resume its run to save it anew."
+                           ) from None
 
 
 def _adapter_keys(adapter_dir: Path) -> list[str]:
@@ -230,5 +231,6 @@ def load_adapter(model: PreTrainedModel, adapter_dir: str, adapter_name: str = "
                                "(config.yaml next to the adapter).") from None
         if type(exc).__name__ in ("SafetensorError", "HeaderTooLarge", "JSONDecodeError") or "deserializ" in text:
             raise AdapterError(f"The adapter files in {adapter_dir} are damaged ({type(exc).__name__}: "
-                               f"{text.splitlines()[0][:120]}). Train again, or resume its run to save it anew.") from None
+                               f"{text.splitlines()[0][:120]}). Train again, or resume its run to save it anew."
+                               ) from None
         raise

@@ -142,7 +142,8 @@ def _check_local_folder(name: str, needs: str) -> None:
     files = sorted(p.name for p in local.iterdir())
     if not any(f in files for f in _MODEL_FILES):
         raise ModelNotFound(
-            f"model.name '{name}' is a folder but holds no model (no {' or '.join(_MODEL_FILES)}; files: {files[:10]}). "
+            f"model.name '{name}' is a folder but holds no model (no {' or '.join(_MODEL_FILES)}; "
+            f"files: {files[:10]}). "
             f"Point it at a folder written by save_pretrained, an embedded model ({', '.join(EMBEDDED_MODELS)}) "
             "or a Hugging Face Hub id.")
     if needs == "tokenizer" and not any(f in files for f in _TOKENIZER_FILES):
@@ -165,7 +166,7 @@ def _check_local_folder(name: str, needs: str) -> None:
 
 
 def _load_or_explain(loader, name: str, source: str, needs: str = "weights", **kwargs):
-    """Call a `from_pretrained`; turn a folder that lacks or breaks a model, or a failed Hub download, into one error."""
+    """Call a `from_pretrained`; a folder that lacks or breaks a model, or a failed Hub download, becomes one error."""
     _check_local_folder(name, needs)
     try:
         return loader(source, **kwargs)

@@ -20,8 +20,15 @@ from pathlib import Path
 
 import psutil
 import torch
-from transformers import (DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase, Trainer,
-                          TrainerCallback, TrainingArguments, set_seed)
+from transformers import (
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from .config import RunConfig
 from .environment import Decision, choose_device, choose_precision, environment_report, precision_dtype
@@ -349,7 +356,8 @@ def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: Pr
     memory = MemoryLog(decisions.device.value)
     trainer = TunebookTrainer(model=model, args=args, train_dataset=prepared.tokenized["train"],
                               eval_dataset=validation if len(validation) else None, data_collator=collator,
-                              processing_class=tokenizer, callbacks=[DivergenceGuard(config.train.learning_rate), memory])
+                              processing_class=tokenizer,
+                              callbacks=[DivergenceGuard(config.train.learning_rate), memory])
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = collect_metrics(trainer, time.perf_counter() - start, decisions.device.value, prepared.stats, start)
