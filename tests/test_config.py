@@ -360,6 +360,10 @@ def test_override_into_an_empty_section(tmp_path: Path) -> None:
      "(got 'causal-lm')."),
     ({"model": {"task": "sequence-classification"}},
      "data.recipe: model.task sequence-classification needs data.recipe: classification (got 'instruction')."),
+    ({"train": {"class_weights": "balanced"}},
+     "train.class_weights: class weights apply to data.recipe: classification (got 'instruction'); set "
+     "train.class_weights: null."),
+    ({"train": {"class_weights": "inverse"}}, "train.class_weights: 'inverse' does not fit one of 'balanced' or null."),
 ])
 def test_config_errors_in_full(values: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -531,6 +531,33 @@ def _train_eval_loss_examples(config: RunConfig, ctx: Ctx) -> None:
     assert len(wired.trainer_kwargs["eval_dataset"]) == 2 and wired.args.eval_strategy == "steps"
 
 
+SPAM_ROWS = [{"text": f"win a prize {i}", "label": "spam"} if i % 4 == 0 else
+             {"text": f"see you later {i}", "label": "ham"} for i in range(40)]
+
+
+@passes("train.class_weights", "balanced", model__task="sequence-classification", data__recipe="classification",
+        data__path=lambda ctx: str(ctx.write(SPAM_ROWS, "spam.jsonl")))
+def _train_class_weights(config: RunConfig, ctx: Ctx) -> None:
+    wired = ctx.wire(config)
+    train_labels = wired.trainer_kwargs["train_dataset"]["label"]
+    rows, spam = len(train_labels), sum(train_labels)  # ids by sorted name: ham 0, spam 1
+    loss = wired.trainer_kwargs["compute_loss_func"]
+    assert loss.weights.tolist() == pytest.approx([rows / (2 * (rows - spam)), rows / (2 * spam)])
+    assert spam < rows - spam  # the rare class weighs more
+    # The weighted mean: sum(w[y] * nll) / sum(w[y]), on hand-made logits.
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 1, 1])
+    nll = -torch.log_softmax(logits, dim=-1)[torch.arange(3), labels]
+    w = loss.weights[labels]
+    assert loss({"logits": logits}, labels).item() == pytest.approx(((w * nll).sum() / w.sum()).item())
+    plain = apply_overrides(config, {"train.class_weights": None})
+    assert ctx.wire(plain).trainer_kwargs["compute_loss_func"] is None  # the default: the model's own loss
+
+
+def test_balanced_class_weights_by_hand() -> None:
+    # 4 rows, 2 classes present of 3: 4 / (3 x 3) and 4 / (3 x 1); an absent class keeps weight 1.
+    assert train.balanced_class_weights([0, 0, 0, 2], 3).tolist() == pytest.approx([4 / 9, 1.0, 4 / 3])
+
+
 # ---------------------------------------------------------------- eval: the split and the generation calls
 
 

@@ -139,6 +139,9 @@ class TrainConfig:
     seed: int = _ranged(42, ge=0)
     # Validation rows the eval loss during training uses (0 = no evaluation during training; None = all).
     eval_loss_examples: int | None = _ranged(200, ge=0)
+    # Classification only. "balanced" weights each class's loss by rows / (classes x its rows), as
+    # scikit-learn's class_weight="balanced": a rare class (13 % spam) counts as much as a common one.
+    class_weights: Literal["balanced"] | None = None
 
 
 @dataclass
@@ -278,6 +281,9 @@ def _check_together(config: RunConfig) -> None:
     if d.recipe == "classification" and config.model.task != "sequence-classification":
         raise _fail("model.task", "recipe 'classification' trains a classification head: set model.task: "
                                   f"sequence-classification (got {config.model.task!r}).")
+    if config.train.class_weights is not None and d.recipe != "classification":
+        raise _fail("train.class_weights", f"class weights apply to data.recipe: classification (got {d.recipe!r}); "
+                                           "set train.class_weights: null.")
     if d.recipe != "classification" and config.model.task == "sequence-classification":
         raise _fail("data.recipe", f"model.task sequence-classification needs data.recipe: classification "
                                    f"(got {d.recipe!r}).")

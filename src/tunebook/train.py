@@ -65,6 +65,28 @@ class Decisions:
     optimizer: Decision[str]
 
 
+def balanced_class_weights(labels: list[int], num_labels: int) -> torch.Tensor:
+    """``rows / (classes x rows of the class)`` per class id (scikit-learn's "balanced"); 1 where absent.
+
+    With weights w, the mean loss over a batch becomes sum(w[y] * loss) / sum(w[y]) (what
+    `cross_entropy(weight=w)` computes): every class carries the same total weight over the data.
+    """
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_labels).double()
+    weights = len(labels) / (len(counts) * counts)
+    return torch.where(counts > 0, weights, torch.ones_like(weights)).float()
+
+
+@dataclass
+class WeightedClassificationLoss:
+    """The Trainer's ``compute_loss_func``: cross-entropy of the classification logits with class weights."""
+
+    weights: torch.Tensor
+
+    def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        logits = outputs["logits"].float()
+        return torch.nn.functional.cross_entropy(logits, labels, weight=self.weights.to(logits.device))
+
+
 class TunebookTrainer(Trainer):
     """`Trainer` that checks the loss every step and counts the tokens it actually trains on."""
 
@@ -347,8 +369,14 @@ def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: Pr
     if is_main_process():  # one process draws it: two writing one PNG can leave it corrupt
         plot_length_histogram(prepared.tokenized["train"]["length"], prepared.stats["max_length"],
                               run_dir / "length_histogram.png")
+    loss_func = None
     if config.data.recipe == "classification":
         collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+        if config.train.class_weights == "balanced":
+            weights = balanced_class_weights(prepared.tokenized["train"]["label"], len(prepared.labels or []))
+            logger.info("class weights (balanced): " + ", ".join(
+                f"{name} {w:.2f}" for name, w in zip(prepared.labels or range(len(weights)), weights.tolist())))
+            loss_func = WeightedClassificationLoss(weights)
     else:
         head_only_where_trained = choose_trained_positions_loss(model, args)
         logger.info(str(head_only_where_trained))
@@ -356,7 +384,7 @@ def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: Pr
     memory = MemoryLog(decisions.device.value)
     trainer = TunebookTrainer(model=model, args=args, train_dataset=prepared.tokenized["train"],
                               eval_dataset=validation if len(validation) else None, data_collator=collator,
-                              processing_class=tokenizer,
+                              processing_class=tokenizer, compute_loss_func=loss_func,
                               callbacks=[DivergenceGuard(config.train.learning_rate), memory])
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
