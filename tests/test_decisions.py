@@ -17,12 +17,11 @@ from tunebook.environment import choose_device, choose_precision, precision_dtyp
 from tunebook.errors import ConfigError
 from tunebook.train import (
     CHECKPOINTING_MIN_PARAMETERS,
-    DivergenceGuard,
-    TrainingDiverged,
     choose_gradient_checkpointing,
     choose_optimizer,
     frozen_weight_dtype,
 )
+from tunebook.trainer import DivergenceGuard, TrainingDiverged
 
 # ---------------------------------------------------------------- gradient checkpointing
 
@@ -197,7 +196,7 @@ def test_nan_loss_stops_at_the_step_it_happens(smollm_tokenizer, tmp_path) -> No
 
     from tunebook.config import LoraSettings
     from tunebook.lora import apply_lora
-    from tunebook.train import TunebookTrainer
+    from tunebook.trainer import TunebookTrainer
 
     tok = smollm_tokenizer
     model = make_tiny_llama(len(tok), pad_token_id=tok.pad_token_id)

@@ -32,7 +32,7 @@ from transformers import BitsAndBytesConfig, DataCollatorWithPadding
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
-from tunebook import models, train
+from tunebook import models, train, trainer
 from tunebook.config import RunConfig, apply_overrides, load_config
 from tunebook.data import load_and_validate
 from tunebook.evaluation import _evaluate_model, evaluation_split
@@ -555,7 +555,7 @@ def _train_class_weights(config: RunConfig, ctx: Ctx) -> None:
 
 def test_balanced_class_weights_by_hand() -> None:
     # 4 rows, 2 classes present of 3: 4 / (3 x 3) and 4 / (3 x 1); an absent class keeps weight 1.
-    assert train.balanced_class_weights([0, 0, 0, 2], 3).tolist() == pytest.approx([4 / 9, 1.0, 4 / 3])
+    assert trainer.balanced_class_weights([0, 0, 0, 2], 3).tolist() == pytest.approx([4 / 9, 1.0, 4 / 3])
 
 
 # ---------------------------------------------------------------- eval: the split and the generation calls
@@ -652,7 +652,8 @@ def test_sections_json_round_trip_keeps_every_field(ctx: Ctx) -> None:
     config = base_config(ctx)
     values = {}
     for key, case in PASS_THROUGH.items():
-        if key.startswith(("model.task", "data.recipe", "data.first_label_id", "data.labels")):
+        if key.startswith(("model.task", "data.recipe", "data.first_label_id", "data.labels",
+                              "train.class_weights")):
             continue  # these need each other (classification); covered by their own checks
         value = case.value(ctx) if callable(case.value) else case.value
         values[key] = value

@@ -21,7 +21,8 @@ from safetensors import safe_open
 from tunebook import cli
 from tunebook.config import RunConfig, apply_overrides, save_config
 from tunebook.errors import RunFolderError
-from tunebook.train import TrainingDiverged, run_training
+from tunebook.train import run_training
+from tunebook.trainer import TrainingDiverged
 
 RUN_FILES = ["adapter/adapter_model.safetensors", "adapter/adapter_config.json", "config.yaml",
              "environment.json", "metrics.json", "loss_curve.png", "length_histogram.png"]
