@@ -220,6 +220,22 @@ def tiny_model_dir(tmp_path_factory, smollm_tokenizer) -> Path:
     return path
 
 
+def save_tiny_bert_classifier(path: Path, num_labels: int) -> Path:
+    """A tiny random `BertForSequenceClassification` with the MiniLM tokenizer, saved to `path`."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tunebook.models import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm-l6")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory) -> Path:
     """A tiny random BERT encoder without a head plus the MiniLM tokenizer, saved like MiniLM-L6.

@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import write_rows
+from conftest import save_tiny_bert_classifier, write_rows
 from datasets import Dataset
 
 from tunebook.baselines import Gazetteer, baseline_warning, best_baseline, majority_class, nearest_answer, run_baselines
@@ -153,19 +152,7 @@ def test_table_has_a_column_per_baseline_and_marks_the_best() -> None:
 @pytest.fixture(scope="module")
 def tiny_classifier_dir(tmp_path_factory) -> Path:
     """A tiny random BERT classifier (2 labels) with the MiniLM tokenizer, saved to a folder."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from tunebook.models import load_tokenizer
-
-    tokenizer = load_tokenizer("minilm-l6")
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, num_labels=2))
-    path = tmp_path_factory.mktemp("models") / "tiny-bert"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_bert_classifier(tmp_path_factory.mktemp("models") / "tiny-bert", num_labels=2)
 
 
 def _config(model_dir: Path, data: Path, output_dir: Path, **overrides) -> RunConfig:

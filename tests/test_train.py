@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, make_tiny_llama, write_rows
+from conftest import REPO_ROOT, make_tiny_llama, save_tiny_bert_classifier, write_rows
 from safetensors import safe_open
 
 from tunebook import cli
@@ -273,19 +273,7 @@ def test_bad_data_fails_before_the_model_loads(tiny_model_dir, tmp_data, tmp_pat
 @pytest.fixture(scope="module")
 def tiny_classifier_dir(tmp_path_factory) -> Path:
     """A tiny random BERT classifier (3 labels) with the MiniLM tokenizer, saved to a folder."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from tunebook.models import load_tokenizer
-
-    tokenizer = load_tokenizer("minilm-l6")
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, num_labels=3))
-    path = tmp_path_factory.mktemp("models") / "tiny-bert"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_bert_classifier(tmp_path_factory.mktemp("models") / "tiny-bert", num_labels=3)
 
 
 @pytest.fixture(scope="module")
