@@ -29,7 +29,7 @@
 #   wrong;
 # - how to classify your own texts with the trained adapter.
 #
-# **Time**: about 8 minutes on a 2-core CPU. **Needs**: nothing before it.
+# **Time**: about 15 minutes on a 2-core CPU (the main run ~5, the exercises ~8). **Needs**: nothing before it.
 
 # %% tags=["parameters"]
 SMOKE = False  # True: 2 steps of batch 2 on 32 examples, 4 test texts, output under runs/smoke/
@@ -235,20 +235,23 @@ print({name: round(r["accuracy"], 3) for name, r in {"tuned": news_summary["tune
 # fine-tune has little room above the baseline. Real AG News is harder for both.
 
 # %% [markdown]
-# **★★★ 3. What closes the gap?** Train with half the steps and with the rank divided by 4 (each in
-# its own folder) and compare macro-F1 with the default run and with TF-IDF. Which change costs
-# the most, and why would class imbalance make short runs worse?
+# **★★★ 3. What closes the gap?** Train with half the steps, and with `train.class_weights:
+# balanced` (the loss of each spam message counts ~7x a ham one), each in its own folder, and
+# compare macro-F1 with the default run and with TF-IDF. Which kind of error does each change
+# trade for which?
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
 variants = {"half the steps": {"train.max_steps": max(2, config.train.max_steps // 2)},
-            "rank / 4": {"lora.r": max(1, config.lora.r // 4), "lora.alpha": max(1, config.lora.alpha // 4)}}
+            "balanced class weights": {"train.class_weights": "balanced"}}
 scores = {"default": summary["tuned"]["macro_f1"], "tfidf_logreg": summary["baselines"]["tfidf_logreg"]["macro_f1"]}
 for name, change in variants.items():
     run = apply_overrides(config, {**change, "train.output_dir": ("runs/smoke/" if SMOKE else "runs/")
-                                   + "exercises/06-" + name.replace(" ", "-").replace("/", "div")})
+                                   + "exercises/06-" + name.replace(" ", "-")})
     if SMOKE:
         run = apply_overrides(run, {"train.max_steps": 2})
     run_training(run, overwrite=True)
     scores[name] = run_evaluation(run, compare_base=False, overwrite=True)["tuned"]["macro_f1"]
 pd.Series(scores, name="test macro-F1").round(4).to_frame()
 # With 13 % spam, a short run first learns to say "ham"; the spam class (and macro-F1) comes later.
+# Class weights push the other way: fewer missed spam, more ham flagged as spam (on validation, at
+# 300 steps: 9 false alarms for 3 misses, macro-F1 0.949 against 0.973 without weights).
