@@ -19,10 +19,7 @@ model loads, with the file and line in the message. Overrides use dotted keys
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +27,11 @@ from typing import Any, Literal
 
 import yaml
 
+from .config_checks import build, fail, ranged, suggest
 from .errors import ConfigError
 
 __all__ = ["ConfigError", "ModelConfig", "DataConfig", "LoraSettings", "TrainConfig", "EvalConfig", "RunConfig",
            "load_config", "apply_overrides", "config_from_dict", "config_to_dict", "save_config"]
-
-
-def _ranged(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None) -> Any:
-    """A dataclass field whose numbers must lie in a range (None passes: it means "off" or "all")."""
-    return field(default=default, metadata={"range": (ge, gt, le, lt)})
 
 
 @dataclass
@@ -82,24 +74,24 @@ class DataConfig:
     # Tokens per example. None: no limit (generation keeps every example whole; classification
     # reads up to the model's own limit). A number drops longer training/validation examples of
     # generation recipes (counted, never cut) and truncates classification texts (counted).
-    max_length: int | None = _ranged(None, ge=1)
+    max_length: int | None = ranged(None, ge=1)
     # Used only when the data has no validation/test split of its own.
-    validation_fraction: float = _ranged(0.1, ge=0, lt=1)
-    test_fraction: float = _ranged(0.1, ge=0, lt=1)
+    validation_fraction: float = ranged(0.1, ge=0, lt=1)
+    test_fraction: float = ranged(0.1, ge=0, lt=1)
     # Rows of validation/test whose input also occurs in train stop the run; true drops them (counted).
     drop_leaked_rows: bool = False
-    seed: int = _ranged(0, ge=0)
+    seed: int = ranged(0, ge=0)
     # Cap the number of training examples (a seeded sample; quick experiments, smoke tests). None = all.
-    max_train_examples: int | None = _ranged(None, ge=1)
+    max_train_examples: int | None = ranged(None, ge=1)
 
 
 @dataclass
 class LoraSettings:
     """The LoRA knobs. See `tunebook.lora` for what each one does."""
 
-    r: int = _ranged(16, ge=1)
-    alpha: float = _ranged(32, gt=0)
-    dropout: float = _ranged(0.05, ge=0, lt=1)
+    r: int = ranged(16, ge=1)
+    alpha: float = ranged(32, gt=0)
+    dropout: float = ranged(0.05, ge=0, lt=1)
     # "auto" picks the attention and MLP projections for the architecture; or list names.
     target_modules: list[str] | str = "auto"
     bias: Literal["none", "all", "lora_only"] = "none"
@@ -110,16 +102,16 @@ class TrainConfig:
     """Optimisation and bookkeeping for `tunebook.train`."""
 
     output_dir: str = "runs/default"
-    max_steps: int = _ranged(150, ge=1)
-    per_device_batch_size: int = _ranged(8, ge=1)
-    gradient_accumulation_steps: int = _ranged(1, ge=1)
+    max_steps: int = ranged(150, ge=1)
+    per_device_batch_size: int = ranged(8, ge=1)
+    gradient_accumulation_steps: int = ranged(1, ge=1)
     # Adam-family rates above 1 only diverge; LoRA's usual range is 1e-5 to 3e-3.
-    learning_rate: float = _ranged(2e-4, gt=0, le=1)
-    warmup_ratio: float = _ranged(0.05, ge=0, lt=1)
-    weight_decay: float = _ranged(0.0, ge=0, le=1)
+    learning_rate: float = ranged(2e-4, gt=0, le=1)
+    warmup_ratio: float = ranged(0.05, ge=0, lt=1)
+    weight_decay: float = ranged(0.0, ge=0, le=1)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     # Gradient clipping; also what DeepSpeed configs take as their gradient_clipping.
-    max_grad_norm: float = _ranged(1.0, gt=0)
+    max_grad_norm: float = ranged(1.0, gt=0)
     # "auto" picks bf16 where the device supports it, else fp16 on CUDA, else fp32 (printed).
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # Trades ~30% more compute for much less activation memory; needed for 7B models on one GPU.
@@ -129,16 +121,16 @@ class TrainConfig:
     group_by_length: bool = True
     # None: dynamic padding (to the longest example in each batch). An int pads every causal-LM
     # batch to that fixed length, the usual tutorial recipe (benchmarks/ measures what it costs).
-    pad_to_length: int | None = _ranged(None, ge=1)
-    logging_steps: int = _ranged(10, ge=1)
-    eval_steps: int = _ranged(50, ge=1)
-    save_steps: int = _ranged(50, ge=1)
-    save_total_limit: int | None = _ranged(2, ge=1)
+    pad_to_length: int | None = ranged(None, ge=1)
+    logging_steps: int = ranged(10, ge=1)
+    eval_steps: int = ranged(50, ge=1)
+    save_steps: int = ranged(50, ge=1)
+    save_total_limit: int | None = ranged(2, ge=1)
     # "auto": paged 8-bit AdamW for QLoRA on CUDA, AdamW otherwise.
     optim: Literal["auto", "adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "adamw_8bit", "sgd"] = "auto"
-    seed: int = _ranged(42, ge=0)
+    seed: int = ranged(42, ge=0)
     # Validation rows the eval loss during training uses (0 = no evaluation during training; None = all).
-    eval_loss_examples: int | None = _ranged(200, ge=0)
+    eval_loss_examples: int | None = ranged(200, ge=0)
     # Classification only. "balanced" weights each class's loss by rows / (classes x its rows), as
     # scikit-learn's class_weight="balanced": a rare class (13 % spam) counts as much as a common one.
     class_weights: Literal["balanced"] | None = None
@@ -149,9 +141,9 @@ class EvalConfig:
     """Task evaluation (generation or classification) on a held-out split."""
 
     split: Literal["validation", "test"] = "test"
-    max_examples: int | None = _ranged(None, ge=1)
-    batch_size: int = _ranged(16, ge=1)
-    max_new_tokens: int = _ranged(96, ge=1)
+    max_examples: int | None = ranged(None, ge=1)
+    batch_size: int = ranged(16, ge=1)
+    max_new_tokens: int = ranged(96, ge=1)
 
 
 @dataclass
@@ -165,133 +157,27 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# Names that peft, transformers and tutorials use for tunebook's keys.
-_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lr": "learning_rate",
-            "batch_size": "per_device_batch_size", "per_device_train_batch_size": "per_device_batch_size",
-            "lr_scheduler_type": "lr_scheduler", "model_name": "name", "quantize": "quantization",
-            "dataset": "path", "max_seq_length": "max_length", "gradient_accumulation": "gradient_accumulation_steps"}
-
-
-def _suggest(key: str, valid: typing.Iterable[str]) -> str:
-    valid = list(valid)
-    match = [_ALIASES[key]] if _ALIASES.get(key) in valid else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else ""
-
-
-def _fail(key: str, message: str, name_key: bool = True) -> ConfigError:
-    error = ConfigError(f"{key}: {message}" if key and name_key else message)
-    error.key = key  # load_config adds the file and line where this key was written
-    return error
-
-
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    """Return `value` if it fits `hint` (ints are accepted for floats), else raise ConfigError."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _check_type(value, option, where)
-            except ConfigError:
-                continue
-        raise _fail(where, f"{value!r} does not fit {_type_name(hint)}.")
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        # `True in (0, 1)` holds in Python; a config's true is not the number 1.
-        if value not in choices or (isinstance(value, bool) and not any(isinstance(c, bool) for c in choices)):
-            raise _fail(where, f"{value!r} is not one of {', '.join(repr(c) for c in choices)}.")
-        return value
-    if hint is type(None):
-        if value is not None:
-            raise _fail(where, f"expected null, got {value!r}.")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise _fail(where, f"expected a list, got {value!r}.")
-        (item_hint,) = typing.get_args(hint)
-        return [_check_type(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _fail(where, f"expected a mapping, got {value!r}.")
-        _, value_hint = typing.get_args(hint)
-        return {str(k): _check_type(v, value_hint, f"{where}.{k}") for k, v in value.items()}
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is bool and not isinstance(value, bool):
-        raise _fail(where, f"expected true or false, got {value!r}.")
-    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
-        raise _fail(where, f"expected {_type_name(hint)}, got {value!r}.")
-    return value
-
-
-def _type_name(hint: Any) -> str:
-    names = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false",
-             "NoneType": "null"}
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
-    name = getattr(hint, "__name__", None)
-    return names.get(name, name) if name and typing.get_origin(hint) is None else str(hint).replace("typing.", "")
-
-
-def _check_range(value: Any, bounds: tuple, where: str) -> None:
-    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    if not math.isfinite(value):  # YAML reads .nan and .inf as numbers; no setting means them
-        raise _fail(where, f"{value!r} is not a finite number. Write a number such as 1e-4 (null where the key "
-                           "allows it).")
-    ge, gt, le, lt = bounds
-    allowed = " and ".join(text for text, bound in ((f">= {ge}", ge), (f"> {gt}", gt), (f"<= {le}", le),
-                                                     (f"< {lt}", lt)) if bound is not None)
-    if ((ge is not None and value < ge) or (gt is not None and value <= gt) or (le is not None and value > le)
-            or (lt is not None and value >= lt)):
-        raise _fail(where, f"{value!r} is out of range: it must be {allowed}.")
-
-
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys, ill-typed and out-of-range values."""
-    if not isinstance(values, dict):
-        raise _fail(where or "config", f"expected a mapping, got {values!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else key
-        if key not in fields:
-            raise _fail(path, f"Unknown config key '{path}'.{_suggest(str(key), fields)} Valid keys"
-                              f"{' in ' + where if where else ''}: {', '.join(fields)}.", name_key=False)
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, path)
-        else:
-            kwargs[key] = _check_type(value, hint, path)
-            _check_range(value, fields[key].metadata.get("range", (None,) * 4), path)  # shown as written
-    return cls(**kwargs)
-
-
 def _check_together(config: RunConfig) -> None:
     """Rules that involve more than one key."""
     d = config.data
     if d.validation_fraction + d.test_fraction >= 1:
-        raise _fail("data.test_fraction", f"data.validation_fraction ({d.validation_fraction}) + "
+        raise fail("data.test_fraction", f"data.validation_fraction ({d.validation_fraction}) + "
                                           f"data.test_fraction ({d.test_fraction}) must be < 1, so that "
                                           "rows are left to train on.")
     if d.recipe == "classification" and config.model.task != "sequence-classification":
-        raise _fail("model.task", "recipe 'classification' trains a classification head: set model.task: "
+        raise fail("model.task", "recipe 'classification' trains a classification head: set model.task: "
                                   f"sequence-classification (got {config.model.task!r}).")
     if config.train.class_weights is not None and d.recipe != "classification":
-        raise _fail("train.class_weights", f"class weights apply to data.recipe: classification (got {d.recipe!r}); "
+        raise fail("train.class_weights", f"class weights apply to data.recipe: classification (got {d.recipe!r}); "
                                            "set train.class_weights: null.")
     if d.recipe != "classification" and config.model.task == "sequence-classification":
-        raise _fail("data.recipe", f"model.task sequence-classification needs data.recipe: classification "
+        raise fail("data.recipe", f"model.task sequence-classification needs data.recipe: classification "
                                    f"(got {d.recipe!r}).")
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Build a checked :class:`RunConfig` from nested dicts (as read from YAML)."""
-    config = _build(RunConfig, values or {}, "")
+    config = build(RunConfig, values or {}, "")
     _check_together(config)
     return config
 
@@ -407,7 +293,7 @@ def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     sections = [f.name for f in dataclasses.fields(RunConfig)]
     if len(parts) != 2 or parts[0] not in sections:
-        hint = _suggest(parts[0], sections) if parts[0] not in sections else ""
+        hint = suggest(parts[0], sections) if parts[0] not in sections else ""
         raise ConfigError(
             f"Override key '{key}' must be section.key with section one of {', '.join(sections)}.{hint}"
         )
