@@ -297,6 +297,11 @@ run_training(conll_config, overwrite=True)  # overwrite: re-running the cell rep
 conll_results = run_evaluation(conll_config, overwrite=True)
 
 # %% [markdown]
+# Thirty steps prove the plumbing, not a model: the evaluation itself warns that the *gazetteer*
+# baseline (entity strings seen in training, looked up in the sentence) still beats the adapter on
+# these 40 sentences. 02 trains the full 150 steps; 04 scores that run against the same baseline.
+
+# %% [markdown]
 # ## 8. Worked example: AG News' CSV with integer labels
 #
 # AG News publishes `train.csv` and `test.csv` **without a header**, each row `"3","title","description"`
@@ -313,6 +318,11 @@ print(yaml.safe_dump(config_to_dict(news_csv)["data"], sort_keys=False, width=10
 print((ROOT / "data/news_topics_csv/test.csv").read_text().splitlines()[0])
 run_training(news_csv, overwrite=True)
 news_results = run_evaluation(news_csv, overwrite=True)
+
+# %% [markdown]
+# Forty steps do not beat TF-IDF + logistic regression either, and the warning says so. The
+# shipped 120-step config (`configs/minilm-l6/lora.yaml`, the same items as JSONL) does: test
+# accuracy 0.967 against TF-IDF's 0.892 on its 120 test rows (`docs/baselines.md`).
 
 # %% [markdown]
 # ## 9. Chats: OpenAI messages and ShareGPT
