@@ -337,7 +337,7 @@ def test_run_evaluation_writes_consistent_results(tiny_model_dir, tmp_data, tmp_
     with pytest.raises(RunFolderError, match="already holds evaluation results"):
         run_evaluation(config)
     again = run_evaluation(config, compare_base=False, overwrite=True)
-    assert list(again)[-1] == "tuned" and "base" not in again
+    assert "tuned" in again and "base" not in again
     with pytest.raises(RunFolderError, match="Cannot evaluate"):
         run_evaluation(apply_overrides(config, {"lora.r": 8}), overwrite=True)
     with pytest.raises(RunFolderError, match="No adapter in"):
