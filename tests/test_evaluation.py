@@ -434,7 +434,8 @@ def test_run_evaluation_prints_the_before_after_table(tiny_model_dir, tmp_data, 
     table = compare_table(results["base"], results["tuned"], ["f1", "precision", "recall", "valid_json_rate",
                                                               "exact_match", *[f"per_type.{t}.f1" for t in (
                                                                   "date", "location", "organization", "person")],
-                                                              "perplexity"])
+                                                              "perplexity"],
+                          results["baselines"], results["best_baseline"])
     assert f"test, 2 rows:\n{table}" in out
     assert "classification head is untrained" not in out
 
@@ -447,8 +448,10 @@ def test_run_evaluation_of_a_classifier_says_its_head_is_new(tiny_model_dir, tmp
     results = run_evaluation(config)  # no adapter: the base only
     out = capsys.readouterr().out
     assert "base: the classification head is untrained (random), so base scores are near chance" in out
-    assert f"test, 2 rows:\n{compare_table(results['base'], {}, ['accuracy', 'macro_f1'])}" in out
-    assert "no adapter at" in out and list(results)[-1] == "base"
+    table = compare_table(results["base"], {}, ["accuracy", "macro_f1"], results["baselines"],
+                          results["best_baseline"])
+    assert f"test, 2 rows:\n{table}" in out
+    assert "no adapter at" in out and "base" in results and "tuned" not in results
 
 
 def test_example_input_per_recipe():
@@ -477,7 +480,7 @@ def test_misaligned_evaluation_rows_are_a_bug_report():
 
     raw, tokenized = Dataset.from_list([{"row": 1}, {"row": 2}]), Dataset.from_list([{"row": 2}, {"row": 1}])
     with pytest.raises(RuntimeError) as info:
-        EvalSplit(raw, tokenized, tokenized, None, "test", 2)
+        EvalSplit(raw, tokenized, tokenized, None, "test", 2, train=raw)
     assert str(info.value) == "tunebook bug: tokenized and raw evaluation rows are not aligned."
 
 
