@@ -115,6 +115,10 @@ class LoRALinear(torch.nn.Module):
         return self.base(x) + self.scale * (x @ self.A.T @ self.B.T)
 
 
+# %% [markdown]
+# Same A, a non-zero B in both, the same input: the two outputs must agree.
+
+# %%
 ours = LoRALinear(q_proj.base_layer, r=16, alpha=32)
 with torch.no_grad():
     ours.A.copy_(q_proj.lora_A["default"].weight)
