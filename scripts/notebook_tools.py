@@ -63,14 +63,15 @@ def notebook_problems(nb: Any, check_paths: bool = True) -> list[str]:
 
 
 def execute_notebook(path: str | Path, output: str | Path, smoke: bool = False, kernel: str = "python3",
-                     cell_timeout: int = 3600, threads: int | None = None,
+                     cell_timeout: int = 7200, threads: int | None = None,
                      parameters: dict[str, Any] | None = None) -> Any:
     """Execute `path` top to bottom with papermill, writing the executed notebook to `output`.
 
     Runs with the kernel's working directory set to the notebook's folder, as Jupyter does (each
     notebook moves itself to the repository root). Smoke mode passes ``SMOKE=True`` as a papermill
     parameter, `parameters` any others (e.g. another ``DATA`` cell); the notebook file itself is
-    never edited. `threads` sets OMP_NUM_THREADS for the kernel: 1 is much faster for smoke-sized
+    never edited. `cell_timeout` is generous because 02's learning-rate sweep trains several
+    adapters in one cell (~25 min on a quiet 2-core CPU, twice that on a shared one). `threads` sets OMP_NUM_THREADS for the kernel: 1 is much faster for smoke-sized
     work on a busy shared CPU. Returns the executed notebook.
     """
     import papermill
