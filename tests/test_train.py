@@ -148,6 +148,18 @@ def test_training_lowers_the_loss(first_run) -> None:
     assert eval_losses[-1] < eval_losses[0]
 
 
+def test_each_log_is_one_readable_line(tiny_model_dir, tiny_dataset, tmp_path, capsys) -> None:
+    # The progress bar writes "step 1/2: loss 2.345, grad norm ..., lr ..." under itself, with the
+    # same figures as metrics.json, instead of transformers' dict of quoted numbers.
+    config = make_config(tiny_model_dir, tiny_dataset, tmp_path / "run", **{"train.max_steps": 2})
+    metrics = run_training(config).metrics
+    out = capsys.readouterr().out
+    assert "{'loss'" not in out and "train_runtime" not in out
+    for entry in metrics["train_loss"]:
+        assert f"step {entry['step']}/2: loss {entry['loss']:.4g}, grad norm " in out
+    assert out.count(": eval loss ") == len(metrics["eval_loss"]) == 1
+
+
 def test_same_seed_same_losses(first_run, tiny_model_dir, tiny_dataset, tmp_path) -> None:
     config, result = first_run
     again = run_training(make_config(tiny_model_dir, tiny_dataset, tmp_path / "again"))

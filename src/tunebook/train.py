@@ -23,6 +23,7 @@ from transformers import (
     DataCollatorWithPadding,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProgressCallback,
     Trainer,
     TrainingArguments,
     set_seed,
@@ -42,6 +43,7 @@ from .runs import check_run, discard_unstarted_run, save_adapter, save_sharded_a
 from .trainer import (  # TrainingDiverged: what run_training raises, importable from here
     DivergenceGuard,
     MemoryLog,
+    ReadableLogLines,
     TrainingDiverged,  # noqa: F401
     TunebookTrainer,
     WeightedClassificationLoss,
@@ -270,6 +272,9 @@ def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: Pr
                               eval_dataset=validation if len(validation) else None, data_collator=collator,
                               processing_class=tokenizer, compute_loss_func=loss_func,
                               callbacks=[DivergenceGuard(config.train.learning_rate), memory])
+    if not args.disable_tqdm:  # the same bar, with one short line per log instead of a dict
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(ReadableLogLines)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = collect_metrics(trainer, time.perf_counter() - start, decisions.device.value, prepared.stats, start)

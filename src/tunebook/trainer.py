@@ -3,8 +3,9 @@
 Split from :mod:`tunebook.train` (which wires data, model and run folder together) so that what
 runs inside the training loop reads on its own: `TunebookTrainer` stops on a NaN/inf loss and counts
 the tokens each step trains on (the benchmark's tokens/s), `WeightedClassificationLoss` applies
-``train.class_weights``, `DivergenceGuard` stops a run whose loss blew up or collapsed, and
-`MemoryLog` records memory at every logging step.
+``train.class_weights``, `DivergenceGuard` stops a run whose loss blew up or collapsed, `MemoryLog`
+records memory at every logging step, and `ReadableLogLines` prints each log as one short line
+under the progress bar.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import psutil
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import ProgressCallback, Trainer, TrainerCallback
 
 from .errors import TunebookError
 
@@ -98,6 +99,25 @@ class MemoryLog(TrainerCallback):
         else:
             used = psutil.Process().memory_info().rss / 2**20
         self.log.append({"step": state.global_step, "memory_mb": round(used, 1)})
+
+
+class ReadableLogLines(ProgressCallback):
+    """transformers' progress bar, with each log written under it as one short line.
+
+    The stock callback writes the log dict itself (``{'loss': '0.743', 'grad_norm': '0.777', ...}``,
+    numbers as quoted strings), and a run summary dict at the end that tunebook reports itself.
+    This one writes ``step 20/160: loss 0.743, grad norm 0.777, lr 1.00e-03`` (and ``eval loss``):
+    the same figures, readable in a notebook or a log file; all of them stay in metrics.json.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        shown = [f"{label} {logs[key]:{spec}}" for key, label, spec in
+                 (("loss", "loss", ".4g"), ("eval_loss", "eval loss", ".4g"), ("grad_norm", "grad norm", ".3g"),
+                  ("learning_rate", "lr", ".2e")) if isinstance(logs.get(key), (int, float))]
+        if shown:  # the end-of-training summary (train_runtime, ...) has none of these keys
+            self.training_bar.write(f"step {state.global_step}/{state.max_steps}: " + ", ".join(shown))
 
 
 class DivergenceGuard(TrainerCallback):
