@@ -27,8 +27,9 @@
 # - what the quantized base saves — model footprint, peak memory — and what it costs in speed,
 #   loss and test F1, measured side by side with LoRA.
 #
-# **Time**: about 25 minutes on a 2-core CPU (two 150-step runs with bitsandbytes' CPU kernels and
-# one evaluation). **Needs**: 02's LoRA run for the comparison (trained here if missing).
+# **Time**: about 28 minutes on a 2-core CPU (three 150-step runs, two of them with bitsandbytes'
+# CPU kernels, and two evaluations). **Needs**: nothing before it (it reuses 04's score of 02's
+# adapter when 04 has run).
 
 # %% tags=["parameters"]
 SMOKE = False  # True: 2 steps of batch 2 per method, output under runs/smoke/
@@ -139,20 +140,18 @@ for label, quantization in (("LoRA", None), ("8-bit LoRA", "8bit"), ("QLoRA 4-bi
 # ## 4. Train all three
 #
 # Each run starts in its own Python process (`tunebook train` on the config): on a CPU, peak memory
-# is the peak resident memory of the *process*, and it never goes down, so runs in the same
-# notebook kernel would inherit each other's peak. The LoRA run comes from 02's run folder when 02
-# has been run; otherwise it is trained here too.
+# is the peak resident memory of the *process*, which counts everything it holds, so a run inside
+# a notebook kernel would also count the models and data that kernel keeps. That is why LoRA is
+# trained again here rather than read from 02 (which trained it in its kernel): the same config and
+# seed, in its own process like the other two, into `runs/smollm2-lora-03`.
 
 # %%
-from tunebook.notebook import read_metrics, train_in_subprocess
+from tunebook.config import apply_overrides
+from tunebook.notebook import train_in_subprocess
 
 lora_config = notebook_config("configs/smollm2-135m-instruct/lora.yaml", SMOKE)
-runs = {"LoRA": read_metrics(lora_config.train.output_dir)}
-if runs["LoRA"] is None:
-    print("no LoRA run from 02: training it")
-    runs["LoRA"] = train_in_subprocess(lora_config)
-else:
-    print(f"LoRA: read {lora_config.train.output_dir}/metrics.json (trained in 02)")
+lora_here = apply_overrides(lora_config, {"train.output_dir": lora_config.train.output_dir + "-03"})
+runs = {"LoRA": train_in_subprocess(lora_here)}
 
 # %%
 eightbit_config = notebook_config("configs/smollm2-135m-instruct/lora-8bit.yaml", SMOKE)
@@ -186,10 +185,10 @@ comparison
 # - **Peak memory** barely follows the footprint for this small model: as 00 showed, activations and
 #   the 49k-wide logits dominate at 135M parameters, and the process's peak also counts Python, the
 #   libraries, the data and the loading transient (4-bit and 8-bit loading read every weight in full
-#   precision to quantize it, which is why 8-bit can peak *above* LoRA here). On a 7B+ model on a
-#   GPU the weights dominate and QLoRA's saving approaches the 3–4× of the footprint (see 00).
-# - **Speed**: compare it only between runs made on the same machine under the same load (the LoRA
-#   run may come from 02, made at another time). Quantized steps dequantize their weights (4-bit)
+#   precision to quantize it). On a 7B+ model on a GPU the weights dominate and QLoRA's saving
+#   approaches the 3–4× of the footprint (see 00).
+# - **Speed**: the three runs were made one after the other on the same machine; compare speeds
+#   only between runs made under the same load. Quantized steps dequantize their weights (4-bit)
 #   or split out the outlier columns (8-bit) in every matmul; on a CPU, bitsandbytes' kernels are
 #   much slower than on a GPU.
 # - **Loss**: the curves lie close to each other; the adapters learn to work with the rounded base
@@ -208,10 +207,10 @@ import pandas as pd
 
 from tunebook.evaluation import run_evaluation
 
-lora_results = Path(lora_config.train.output_dir) / "eval" / "results.json"
+lora_results = Path(lora_config.train.output_dir) / "eval" / "results.json"  # 04's, of 02's adapter
 task_metrics = {
     "LoRA": (json.loads(lora_results.read_text()) if lora_results.is_file()
-             else run_evaluation(lora_config, compare_base=False, overwrite=True))["tuned"],
+             else run_evaluation(lora_here, compare_base=False, overwrite=True))["tuned"],
     "QLoRA 4-bit": run_evaluation(qlora_config, compare_base=False, overwrite=True)["tuned"],
 }
 columns = ["f1", "precision", "recall", "valid_json_rate", "exact_match", "perplexity", "num_examples"]

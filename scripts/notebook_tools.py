@@ -71,8 +71,9 @@ def execute_notebook(path: str | Path, output: str | Path, smoke: bool = False, 
     notebook moves itself to the repository root). Smoke mode passes ``SMOKE=True`` as a papermill
     parameter, `parameters` any others (e.g. another ``DATA`` cell); the notebook file itself is
     never edited. `cell_timeout` is generous because 02's learning-rate sweep trains several
-    adapters in one cell (~25 min on a quiet 2-core CPU, twice that on a shared one). `threads` sets OMP_NUM_THREADS for the kernel: 1 is much faster for smoke-sized
-    work on a busy shared CPU. Returns the executed notebook.
+    adapters in one cell (~15 min on a quiet 2-core CPU, twice that on a shared one). `threads`
+    sets OMP_NUM_THREADS for the kernel: 1 is much faster for smoke-sized work on a busy shared
+    CPU. Returns the executed notebook.
     """
     import papermill
 

@@ -92,9 +92,25 @@ def test_collect_metrics_without_logged_losses(monkeypatch) -> None:
     assert metrics["eval_seconds"] == 0 and metrics["seconds_per_step"] == 3.0  # counted as one step
 
 
-def test_peak_memory_on_cpu_is_the_resident_set_peak(monkeypatch) -> None:
+def test_peak_memory_without_proc_is_the_lifetime_resident_set_peak(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(train, "PROC_STATUS", tmp_path / "absent")
     monkeypatch.setattr(train.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=3 * 1024 * 1024))
+    monkeypatch.setattr(train.sys, "platform", "linux")
     assert train.peak_memory_mb("cpu") == 3 * 1024  # Linux reports KiB
+
+
+@pytest.mark.skipif(not train.PROC_STATUS.exists(), reason="needs Linux /proc")
+def test_peak_memory_counts_from_the_reset() -> None:
+    # A notebook trains several runs in one kernel: each must report its own peak, not the largest
+    # of every run before it. 400 MB touched, then freed, stays in the peak until the reset.
+    import numpy as np
+
+    held = np.ones(50 * 2**20)  # 400 MB, every page written
+    del held
+    before = train.peak_memory_mb("cpu")
+    train.reset_peak_memory("cpu")
+    after = train.peak_memory_mb("cpu")
+    assert after < before - 300, (before, after)
 
 
 def test_peak_memory_on_cuda_is_the_allocator_peak(monkeypatch) -> None:

@@ -141,8 +141,8 @@ def ensure_adapter(config, fallback_steps: int) -> Path:
 def train_in_subprocess(config) -> dict:
     """Run ``python -m tunebook train`` on `config` in a fresh process and return its metrics.json.
 
-    Why a process per run: on CPU, peak memory is the process's peak resident set size, which
-    only grows; several runs in one notebook kernel would each report the largest so far.
+    Why a process per run: on CPU, peak memory is the process's peak resident set size, and in a
+    notebook kernel that also counts the models and data the kernel holds from earlier cells.
     Only tunebook's own ``[tunebook]`` lines are shown.
     """
     from .config import save_config

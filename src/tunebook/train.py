@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +120,39 @@ def frozen_weight_dtype(precision: str) -> torch.dtype:
     return precision_dtype(precision)
 
 
+PROC_STATUS = Path("/proc/self/status")  # Linux: VmHWM, the resident-set high-water mark
+
+
+def reset_peak_memory(device: str) -> None:
+    """Count the peak from now on, so that each run reports its own (see `peak_memory_mb`).
+
+    A notebook kernel trains several runs in one process, and a process's lifetime peak only
+    grows: without a reset each run would report the largest peak of any run before it. On Linux,
+    writing 5 to /proc/self/clear_refs sets the high-water mark back to the current RSS.
+    """
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux: the figure stays the process's lifetime peak
+        pass
+
+
 def peak_memory_mb(device: str) -> float:
-    """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
+    """Peak memory since `reset_peak_memory`: GPU allocations on CUDA, resident set size on CPU.
+
+    On CPU it is VmHWM where /proc exists (a new process starts from zero; ru_maxrss would start
+    from its parent's peak, which in a notebook is the kernel's), else ru_maxrss.
+    """
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    if PROC_STATUS.exists():
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024  # macOS reports bytes, Linux KiB
 
 
 def training_arguments(config: RunConfig, run_dir: Path, precision: str, optim: str,
@@ -233,6 +262,7 @@ def run_training(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     # (zero.Init) avoid a full copy of the model per rank.
     args = training_arguments(config, run_dir, decisions.precision.value, decisions.optimizer.value,
                               has_eval=len(validation) > 0)
+    reset_peak_memory(decisions.device.value)  # after the arguments pinned this rank's GPU; loading counts
     model = build_model(config, decisions, prepared.labels)
     resume_from = start_run(config, resume, overwrite, is_main_process())
     try:
