@@ -160,6 +160,23 @@ def test_each_log_is_one_readable_line(tiny_model_dir, tiny_dataset, tmp_path, c
     assert out.count(": eval loss ") == len(metrics["eval_loss"]) == 1
 
 
+def test_log_lines_stay_readable_with_progress_bars_off(tiny_model_dir, tiny_dataset, tmp_path, capsys) -> None:
+    # Notebooks set transformers' verbosity to error, which turns the Trainer's bars off
+    # (disable_tqdm) and its PrinterCallback on: the same short lines replace its dicts.
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        config = make_config(tiny_model_dir, tiny_dataset, tmp_path / "run", **{"train.max_steps": 2})
+        metrics = run_training(config).metrics
+    finally:
+        transformers.logging.set_verbosity(level)
+    out = capsys.readouterr().out
+    assert "{'loss'" not in out and "'eval_loss'" not in out
+    assert out.count(": loss ") == len(metrics["train_loss"]) == 2 and out.count(": eval loss ") == 1
+
+
 def test_same_seed_same_losses(first_run, tiny_model_dir, tiny_dataset, tmp_path) -> None:
     config, result = first_run
     again = run_training(make_config(tiny_model_dir, tiny_dataset, tmp_path / "again"))

@@ -24,6 +24,7 @@ from transformers import (
     DataCollatorWithPadding,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    PrinterCallback,
     ProgressCallback,
     Trainer,
     TrainingArguments,
@@ -45,6 +46,7 @@ from .trainer import (  # TrainingDiverged: what run_training raises, importable
     DivergenceGuard,
     MemoryLog,
     ReadableLogLines,
+    ReadableLogPrinter,
     TrainingDiverged,  # noqa: F401
     TunebookTrainer,
     WeightedClassificationLoss,
@@ -302,9 +304,12 @@ def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: Pr
                               eval_dataset=validation if len(validation) else None, data_collator=collator,
                               processing_class=tokenizer, compute_loss_func=loss_func,
                               callbacks=[DivergenceGuard(config.train.learning_rate), memory])
-    if not args.disable_tqdm:  # the same bar, with one short line per log instead of a dict
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(ReadableLogLines)
+    # One short line per log instead of a dict: under the progress bar, or printed when bars are
+    # off (args.disable_tqdm, e.g. when transformers' verbosity is error, as in the notebooks).
+    bars_off = args.disable_tqdm
+    stock, readable = (PrinterCallback, ReadableLogPrinter) if bars_off else (ProgressCallback, ReadableLogLines)
+    trainer.remove_callback(stock)
+    trainer.add_callback(readable)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = collect_metrics(trainer, time.perf_counter() - start, decisions.device.value, prepared.stats, start)

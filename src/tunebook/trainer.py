@@ -101,23 +101,38 @@ class MemoryLog(TrainerCallback):
         self.log.append({"step": state.global_step, "memory_mb": round(used, 1)})
 
 
+def readable_log_line(state, logs: dict) -> str | None:
+    """``step 20/160: loss 0.743, grad norm 0.777, lr 1.00e-03`` (or ``eval loss``) for one Trainer log.
+
+    None for the end-of-training summary (train_runtime, ...), which tunebook reports itself.
+    """
+    shown = [f"{label} {logs[key]:{spec}}" for key, label, spec in
+             (("loss", "loss", ".4g"), ("eval_loss", "eval loss", ".4g"), ("grad_norm", "grad norm", ".3g"),
+              ("learning_rate", "lr", ".2e")) if isinstance(logs.get(key), (int, float))]
+    return f"step {state.global_step}/{state.max_steps}: " + ", ".join(shown) if shown else None
+
+
 class ReadableLogLines(ProgressCallback):
     """transformers' progress bar, with each log written under it as one short line.
 
-    The stock callback writes the log dict itself (``{'loss': '0.743', 'grad_norm': '0.777', ...}``,
-    numbers as quoted strings), and a run summary dict at the end that tunebook reports itself.
-    This one writes ``step 20/160: loss 0.743, grad norm 0.777, lr 1.00e-03`` (and ``eval loss``):
-    the same figures, readable in a notebook or a log file; all of them stay in metrics.json.
+    The stock callbacks write the log dict itself (``{'loss': '0.743', 'grad_norm': '0.777', ...}``,
+    numbers as quoted strings). This one writes `readable_log_line`: the same figures, readable in
+    a notebook or a log file; all of them stay in metrics.json.
     """
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or self.training_bar is None or not logs:
-            return
-        shown = [f"{label} {logs[key]:{spec}}" for key, label, spec in
-                 (("loss", "loss", ".4g"), ("eval_loss", "eval loss", ".4g"), ("grad_norm", "grad norm", ".3g"),
-                  ("learning_rate", "lr", ".2e")) if isinstance(logs.get(key), (int, float))]
-        if shown:  # the end-of-training summary (train_runtime, ...) has none of these keys
-            self.training_bar.write(f"step {state.global_step}/{state.max_steps}: " + ", ".join(shown))
+        line = readable_log_line(state, logs or {})
+        if line and state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.write(line)
+
+
+class ReadableLogPrinter(TrainerCallback):
+    """In place of transformers' `PrinterCallback` when progress bars are off: `readable_log_line`s."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        line = readable_log_line(state, logs or {})
+        if line and state.is_world_process_zero:
+            print(line)
 
 
 class DivergenceGuard(TrainerCallback):
