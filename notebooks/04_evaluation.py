@@ -180,9 +180,10 @@ print({name: round(summary[name]["perplexity"], 3) for name in ("base", "tuned")
 # %% [markdown]
 # ## 5. Metrics for free-text answers
 #
-# Answers to the Nimbus Support questions (`data/instructions`, trained in 05) are sentences, not
-# JSON, so the evaluation uses text overlap (`tunebook.metrics.text_overlap`), and its baselines
-# are copying the input and answering with the nearest training question's answer:
+# Answers to the Nimbus Support questions (`data/instructions`, trained by
+# `configs/smollm2-135m-instruct/instructions.yaml`) are sentences, not JSON, so the evaluation
+# uses text overlap (`tunebook.metrics.text_overlap`), and its baselines are copying the input and
+# answering with the nearest training question's answer:
 #
 # - **exact match**: equal after lower-casing and dropping trailing punctuation — fair here because
 #   every fact has exactly one answer string, but harsh: a correct paraphrase scores 0;
