@@ -27,7 +27,8 @@
 # - how to **export** the tuned model to one **GGUF** file for llama.cpp, Ollama and LM Studio, and
 #   check that the file answers like the model you trained.
 #
-# **Time**: about 12 minutes on a 2-core CPU (a 100-step support adapter, the merges, the export).
+# **Time**: 17 minutes on a shared 2-core CPU (measured; less on a quiet one): a 100-step support
+# adapter, the merges, the export.
 # **Needs**: the adapters of 02 and 03 (short ones are trained here if they are missing).
 
 # %% tags=["parameters"]
