@@ -30,7 +30,8 @@
 # - **perplexity**, and why a lower loss is not the same as better answers;
 # - the metrics for free-text answers: **exact match, token F1, ROUGE-L**.
 #
-# **Time**: about 4 minutes on a 2-core CPU (150 test sentences answered twice).
+# **Time**: 11 minutes on a quiet 2-core CPU (measured): 150 test sentences answered twice, then
+# the exercises, whose two 60-step runs take half of it.
 # **Needs**: 02's adapter (a short one is trained here if it is missing).
 
 # %% tags=["parameters"]
