@@ -27,7 +27,7 @@
 # - what the quantized base saves — model footprint, peak memory — and what it costs in speed,
 #   loss and test F1, measured side by side with LoRA.
 #
-# **Time**: about 28 minutes on a 2-core CPU (three 150-step runs, two of them with bitsandbytes'
+# **Time**: 26 minutes on a quiet 2-core CPU (measured: three 150-step runs, two of them with bitsandbytes'
 # CPU kernels, and two evaluations). **Needs**: nothing before it (it reuses 04's score of 02's
 # adapter when 04 has run).
 
