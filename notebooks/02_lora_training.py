@@ -164,8 +164,9 @@ print("plain Trainer losses:", [round(loss, 4) for loss in plain_losses])
 
 # %% [markdown]
 # `tunebook.train.run_training` makes exactly these calls (plus data checks first, the decisions
-# with their reasons, token counts, a divergence guard, and the run folder). Same config, same seed,
-# same five steps:
+# with their reasons, token counts, a divergence guard, the run folder, and one readable line per
+# log instead of the plain Trainer's dicts of quoted numbers above). Same config, same seed, same
+# five steps:
 
 # %%
 from tunebook.train import run_training

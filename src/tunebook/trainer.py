@@ -5,7 +5,7 @@ runs inside the training loop reads on its own: `TunebookTrainer` stops on a NaN
 the tokens each step trains on (the benchmark's tokens/s), `WeightedClassificationLoss` applies
 ``train.class_weights``, `DivergenceGuard` stops a run whose loss blew up or collapsed, `MemoryLog`
 records memory at every logging step, and `ReadableLogLines` prints each log as one short line
-under the progress bar.
+under the progress bar (`ReadableLogPrinter` prints the same line when progress bars are off).
 """
 
 from __future__ import annotations
