@@ -16,7 +16,9 @@ product's own entry point (``python -m tunebook train CONFIG --set ...``). What 
 
 Per variant it reports trained tokens/s, seconds/step, peak memory, losses, the step's compute
 floor (model FLOPs / measured GEMM throughput) and tunebook.memory's estimate against the measured
-peak, writes ``<out>/<device>-<date>.json`` and prints a table and the targets (PASS/MISS).
+peak, writes ``<out>/<device>-<date>.json`` and prints a table and the targets (PASS/MISS). Then it
+profiles the default's step (benchmarks/profile_step.py, ``--profile-steps``, in a fresh process) and
+prints where its time goes: GEMMs, attention, loss, elementwise, casts, optimizer, data.
 benchmarks/README.md explains every column.
 """
 
@@ -129,6 +131,21 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     metrics["lora_r"], metrics["lora_dropout"] = lora["r"], lora["dropout"]
     log(f"{name}: done in {wall:.0f} s")
     return metrics
+
+
+def profile_default_step(args: argparse.Namespace) -> dict:
+    """benchmarks/profile_step.py on the default config in a fresh process: the step's time by category."""
+    out = (args.runs_dir / "profile.json").resolve()
+    out.unlink(missing_ok=True)
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "profile_step.py"), "--steps", str(args.profile_steps),
+               "--batch-size", str(args.batch_size), "--json", str(out)]
+    log(f"profiling the default's step ({args.profile_steps} steps after 2 warm-up steps)")
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+        log("profile: FAILED:\n    " + "\n    ".join(tail))
+        return {"error": f"exit code {proc.returncode}", "log_tail": tail}
+    return json.loads(out.read_text())
 
 
 def _children_cpu_seconds() -> float:
@@ -501,6 +518,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="training examples (default steps x batch: each seen once)")
     parser.add_argument("--eval-examples", type=int, default=16,
                         help="validation examples for the held-out loss after training (0: off; default 16)")
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="steps the default's time breakdown is profiled over (0: no profile; default 3)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results",
                         help="folder for the results JSON (default benchmarks/results)")
     parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs" / "bench",
@@ -510,8 +529,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be >= 1")
+    if args.steps < 1 or args.batch_size < 1 or args.profile_steps < 0:
+        parser.error("--steps and --batch-size must be >= 1, --profile-steps >= 0")
     args.examples = args.examples or args.steps * args.batch_size
     return args
 
@@ -528,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = baseline_rss_mb()
     log(f"runtime baseline RSS (a process that only imported tunebook.train): {baseline['runtime']:.0f} MB")
     raw = {name: run_variant(name, args) for name in args.variants}
+    step_profile = profile_default_step(args) if args.profile_steps else None
 
     import torch
 
@@ -565,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_rss_mb": baseline,
         "variants": results,
         "targets": targets,
+        "step_profile": step_profile,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{device_slug(env)}-{started.date().isoformat()}.json"
@@ -577,6 +598,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t['status']:<5} {t['target']}: {t['figure']}")
         if t.get("limited_by"):
             print(f"      limited by: {t['limited_by']}")
+    if step_profile and "error" not in step_profile:
+        from profile_step import format_breakdown
+
+        print("\nWhere the default's step goes (torch profiler, one batch of typical length):")
+        print(format_breakdown(step_profile))
     print(f"\nresults: {path}")
     return 1 if any("error" in m for m in raw.values()) else 0
 

@@ -1,6 +1,7 @@
 """Where does a training step's time go? The torch profiler over tunebook's own step, by category.
 
     python benchmarks/profile_step.py [--config CONFIG] [--steps 3] [--batch-size 8] [--set k=v ...] [--json OUT]
+    python benchmarks/profile_step.py --compile      # the same step through torch.compile (a trial)
 
 Builds the step exactly as `tunebook train` does (same data, tokenizer, model dtype, LoRA, collator
 with the loss on trained positions, bf16 autocast where the device runs it fast, AdamW), warms it
@@ -17,6 +18,11 @@ up, then profiles `--steps` steps and sorts every operator's own time into categ
 
 Works on CUDA too (CUDA kernel time is then attributed the same way). Run it on a quiet machine:
 on a busy one every category stretches, small operators most.
+
+``--compile`` wraps the model in ``torch.compile`` (what ``TrainingArguments(torch_compile=True)``
+does) and reports the compile time (the warm-up steps) beside the steady step, so the trade-off
+over a run can be read off: compile seconds + steps x s/step. One batch shape is the best case
+for the compiler; real batches vary in length and each new length can recompile.
 """
 
 from __future__ import annotations
@@ -81,8 +87,10 @@ def build_step(config_path: str, overrides: list[str], batch_size: int):
     return model.to(device), optimizer, collator, features, device, precision
 
 
-def profile(config_path: str, overrides: list[str], steps: int, batch_size: int) -> dict:
+def profile(config_path: str, overrides: list[str], steps: int, batch_size: int, compile_model: bool = False) -> dict:
     model, optimizer, collator, features, device, precision = build_step(config_path, overrides, batch_size)
+    if compile_model:
+        model = torch.compile(model)
     timers = {"data": 0.0, "optimizer": 0.0}
 
     def step() -> None:
@@ -97,8 +105,10 @@ def profile(config_path: str, overrides: list[str], steps: int, batch_size: int)
         optimizer.zero_grad(set_to_none=True)
         timers["optimizer"] += time.perf_counter() - start
 
-    for _ in range(2):  # warm-up: first-touch allocations, kernel selection
+    warmup = time.perf_counter()
+    for _ in range(2):  # warm-up: first-touch allocations, kernel selection (and compilation)
         step()
+    warmup = time.perf_counter() - warmup
     timers = {"data": 0.0, "optimizer": 0.0}
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
@@ -122,15 +132,18 @@ def profile(config_path: str, overrides: list[str], steps: int, batch_size: int)
     scale = max(measured - sum(per_step.values()), 0.0) / measured if measured else 0.0
     breakdown = {k: v * scale for k, v in totals.items()} | per_step
     return {"seconds_per_step": wall, "batch": [len(features), max(len(f["input_ids"]) for f in features)],
-            "device": device, "precision": precision, "breakdown_seconds": breakdown,
+            "device": device, "precision": precision, "compiled": compile_model,
+            "warmup_seconds": warmup, "breakdown_seconds": breakdown,
             "top_operators": [(e.key, round(e.self_cpu_time_total / 1e6 / steps, 4)) for e in
                               sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]}
 
 
 def format_breakdown(result: dict) -> str:
     total = sum(result["breakdown_seconds"].values())
+    compiled = ", torch.compile" if result["compiled"] else ""
     lines = [f"step {result['seconds_per_step']:.2f} s (batch {result['batch'][0]} x {result['batch'][1]} tokens, "
-             f"{result['device']}, {result['precision']}); operator time by category:"]
+             f"{result['device']}, {result['precision']}{compiled}; 2 warm-up steps took "
+             f"{result['warmup_seconds']:.1f} s); operator time by category:"]
     for name, seconds in sorted(result["breakdown_seconds"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {name:<14}{seconds:7.3f} s  {100 * seconds / total:5.1f} %")
     return "\n".join(lines)
@@ -143,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the result as JSON here")
+    parser.add_argument("--compile", action="store_true", help="profile the step through torch.compile")
     args = parser.parse_args(argv)
-    result = profile(args.config, args.set, args.steps, args.batch_size)
+    result = profile(args.config, args.set, args.steps, args.batch_size, args.compile)
     print(format_breakdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

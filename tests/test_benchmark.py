@@ -27,7 +27,7 @@ def test_benchmark_smallest_setting(tmp_path):
     out, runs = tmp_path / "results", tmp_path / "runs"
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_training.py"), "--steps", "1", "--batch-size", "1",
-         "--examples", "8", "--eval-examples", "1", "--variants", "tutorial,tunebook",
+         "--examples", "8", "--eval-examples", "1", "--variants", "tutorial,tunebook", "--profile-steps", "1",
          "--out", str(out), "--runs-dir", str(runs)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -63,6 +63,11 @@ def test_benchmark_smallest_setting(tmp_path):
     assert [t["status"] for t in result["targets"]][2] == "SKIP"  # no qlora-4bit variant asked for
     assert all(t["status"] in {"PASS", "MISS", "N/A", "SKIP"} for t in result["targets"])
     assert "tok/s" in proc.stdout and str(path) in proc.stdout
+    # The step's time breakdown: every second of the profiled step in one category, GEMMs among them.
+    profile = result["step_profile"]
+    assert profile["batch"][0] == 1 and profile["seconds_per_step"] > 0 and not profile["compiled"]
+    assert profile["breakdown_seconds"]["GEMM"] > 0 and profile["breakdown_seconds"]["optimizer"] > 0
+    assert "operator time by category" in proc.stdout and "GEMM" in proc.stdout
 
 
 def test_pad_to_length_shorter_than_an_example_fails_before_the_model_loads(tmp_path):
