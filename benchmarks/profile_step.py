@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py [--config CONFIG] [--steps 3] [--batch-size 8] [--set k=v ...] [--json OUT]
     python benchmarks/profile_step.py --compile      # the same step through torch.compile (a trial)
+    python benchmarks/profile_step.py --attention eager   # transformers' eager attention instead of SDPA
 
 Builds the step exactly as `tunebook train` does (same data, tokenizer, model dtype, LoRA, collator
 with the loss on trained positions, bf16 autocast where the device runs it fast, AdamW), warms it
@@ -87,8 +88,11 @@ def build_step(config_path: str, overrides: list[str], batch_size: int):
     return model.to(device), optimizer, collator, features, device, precision
 
 
-def profile(config_path: str, overrides: list[str], steps: int, batch_size: int, compile_model: bool = False) -> dict:
+def profile(config_path: str, overrides: list[str], steps: int, batch_size: int, compile_model: bool = False,
+            attention: str | None = None) -> dict:
     model, optimizer, collator, features, device, precision = build_step(config_path, overrides, batch_size)
+    if attention:
+        model.set_attn_implementation(attention)
     if compile_model:
         model = torch.compile(model)
     timers = {"data": 0.0, "optimizer": 0.0}
@@ -133,6 +137,7 @@ def profile(config_path: str, overrides: list[str], steps: int, batch_size: int,
     breakdown = {k: v * scale for k, v in totals.items()} | per_step
     return {"seconds_per_step": wall, "batch": [len(features), max(len(f["input_ids"]) for f in features)],
             "device": device, "precision": precision, "compiled": compile_model,
+            "attention": model.config._attn_implementation,
             "warmup_seconds": warmup, "breakdown_seconds": breakdown,
             "top_operators": [(e.key, round(e.self_cpu_time_total / 1e6 / steps, 4)) for e in
                               sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]}
@@ -140,7 +145,7 @@ def profile(config_path: str, overrides: list[str], steps: int, batch_size: int,
 
 def format_breakdown(result: dict) -> str:
     total = sum(result["breakdown_seconds"].values())
-    compiled = ", torch.compile" if result["compiled"] else ""
+    compiled = f", {result['attention']} attention" + (", torch.compile" if result["compiled"] else "")
     lines = [f"step {result['seconds_per_step']:.2f} s (batch {result['batch'][0]} x {result['batch'][1]} tokens, "
              f"{result['device']}, {result['precision']}{compiled}; 2 warm-up steps took "
              f"{result['warmup_seconds']:.1f} s); operator time by category:"]
@@ -157,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the result as JSON here")
     parser.add_argument("--compile", action="store_true", help="profile the step through torch.compile")
+    parser.add_argument("--attention", choices=["sdpa", "eager"], help="attention kernel (default: the model's)")
     args = parser.parse_args(argv)
-    result = profile(args.config, args.set, args.steps, args.batch_size, args.compile)
+    result = profile(args.config, args.set, args.steps, args.batch_size, args.compile, args.attention)
     print(format_breakdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
