@@ -93,6 +93,7 @@ def profile(config_path: str, overrides: list[str], steps: int, batch_size: int,
     model, optimizer, collator, features, device, precision = build_step(config_path, overrides, batch_size)
     if attention:
         model.set_attn_implementation(attention)
+    attention = model.config._attn_implementation  # read before compiling wraps the model
     if compile_model:
         model = torch.compile(model)
     timers = {"data": 0.0, "optimizer": 0.0}
@@ -137,7 +138,7 @@ def profile(config_path: str, overrides: list[str], steps: int, batch_size: int,
     breakdown = {k: v * scale for k, v in totals.items()} | per_step
     return {"seconds_per_step": wall, "batch": [len(features), max(len(f["input_ids"]) for f in features)],
             "device": device, "precision": precision, "compiled": compile_model,
-            "attention": model.config._attn_implementation,
+            "attention": attention,
             "warmup_seconds": warmup, "breakdown_seconds": breakdown,
             "top_operators": [(e.key, round(e.self_cpu_time_total / 1e6 / steps, 4)) for e in
                               sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]}
