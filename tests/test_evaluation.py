@@ -68,6 +68,7 @@ def test_batched_generation_equals_one_by_one(tokenizer, tiny_model):
     assert batched == single
     assert all(isinstance(text, str) and text for text in batched)  # a random model never says EOS first
     assert tokenizer.padding_side == "right"  # generate pads by itself and leaves the tokenizer alone
+    assert not tiny_model.get_output_embeddings()._forward_pre_hooks  # its contiguous-input hook is gone
 
 
 def test_generation_stops_at_end_token_and_strips_it(tokenizer):

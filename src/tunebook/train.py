@@ -11,7 +11,6 @@ lists what it holds).
 
 from __future__ import annotations
 
-import inspect
 import math
 import resource
 import sys
@@ -35,7 +34,7 @@ from .config import RunConfig
 from .environment import Decision, choose_device, choose_precision, environment_report, precision_dtype
 from .errors import ConfigError, RunFolderError
 from .files import write_failure, write_json
-from .formatting import completion_collator
+from .formatting import accepts_logits_to_keep, completion_collator
 from .log import get_logger, is_main_process
 from .lora import apply_lora, count_parameters, keep_adapter_input_dtype
 from .models import load_model, load_tokenizer
@@ -102,8 +101,7 @@ def choose_gradient_checkpointing(setting: bool | str, num_parameters: int) -> D
 
 def choose_trained_positions_loss(model: torch.nn.Module, args: TrainingArguments) -> Decision[bool]:
     """LM head and loss only from the first trained position on (`formatting.TrainedPositionsOnly`)?"""
-    forward = getattr(model, "get_base_model", lambda: model)().forward
-    if "logits_to_keep" not in inspect.signature(forward).parameters:
+    if not accepts_logits_to_keep(model):
         return Decision(False, f"{type(model).__name__}'s forward has no logits_to_keep", "loss on every position")
     if args.n_gpu > 1:  # nn.DataParallel would split the position index along with the batch
         return Decision(False, "several GPUs in one process (DataParallel)", "loss on every position")
