@@ -25,6 +25,7 @@ from tunebook.evaluation import (
     generate,
     perplexity,
     run_evaluation,
+    warn_if_answers_exceed_cap,
 )
 from tunebook.formatting import build_prompt, completion_collator, prompt_messages, tokenize_example
 
@@ -80,7 +81,23 @@ def test_generation_stops_at_end_token_and_strips_it(tokenizer):
         head.bias[tokenizer.eos_token_id] = 1.0
     model.lm_head = head
     ids = [tokenizer("hello there")["input_ids"], tokenizer("a longer prompt with more tokens")["input_ids"]]
-    assert generate(model, tokenizer, ids, max_new_tokens=5, batch_size=2, autocast=False) == ["", ""]
+    cut: list[int] = []
+    assert generate(model, tokenizer, ids, max_new_tokens=5, batch_size=2, autocast=False, cut_rows=cut) == ["", ""]
+    assert cut == []  # both answers ended with the end token
+
+
+def test_answers_cut_at_the_cap_are_counted_and_long_references_warned(tokenizer, tiny_model, caplog):
+    data = Dataset.from_list([{"input": s, "output": _ref(person=["Ada"] * (i + 1))} for i, s in enumerate(SENTENCES)])
+    result = evaluate_generation(tiny_model, tokenizer, data, EXTRACTION, EvalConfig(max_new_tokens=3, batch_size=2),
+                                 autocast=False)
+    # A random tiny model never says the end token within 3 tokens: every answer is cut.
+    assert result["cut_at_max_new_tokens"] == len(SENTENCES)
+    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in result["references"]]
+    cap = sorted(lengths)[1]  # exactly the references longer than this are reported
+    with caplog.at_level("WARNING", logger="tunebook"):
+        assert warn_if_answers_exceed_cap(tokenizer, result["references"], cap) == sum(n > cap for n in lengths) > 0
+    assert f"Set eval.max_new_tokens: {max(lengths)}" in caplog.text
+    assert warn_if_answers_exceed_cap(tokenizer, result["references"], max(lengths)) == 0
 
 
 def test_perplexity_is_exp_of_token_weighted_loss(tokenizer, tiny_model):

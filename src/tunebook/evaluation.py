@@ -111,12 +111,14 @@ def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]] | list[str],
              max_new_tokens: int = 96, batch_size: int = 16, autocast: bool | None = None,
-             desc: str = "generate") -> list[str]:
+             desc: str = "generate", cut_rows: list[int] | None = None) -> list[str]:
     """Greedy answers to `prompts` (token ids, or prompt texts from `formatting.build_prompt`).
 
     Returns only the newly generated text, special tokens stripped, in the order of `prompts`.
     Prompts are batched by length so each batch pads little; generation stops at the chat
     template's end-of-turn token (`formatting.stop_token_ids`), the token training taught.
+    `cut_rows`, if given, receives the indices of the prompts whose answer reached
+    `max_new_tokens` before an end-of-turn token (cut, not finished).
     """
     ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
     device = next(model.parameters()).device
@@ -135,6 +137,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                                  eos_token_id=stop, pad_token_id=pad_id)[:, inputs["input_ids"].shape[1]:]
             for i, row in zip(batch, new):
                 outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                if cut_rows is not None and len(row) == max_new_tokens and not set(row.tolist()) & set(stop):
+                    cut_rows.append(i)
             bar.update(len(batch))
     return outputs
 
@@ -151,7 +155,8 @@ def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
     task: "extraction" (entity_f1: precision/recall/f1/per_type/valid_json_rate/exact_match) or
     "text" (text_overlap: exact_match/token_f1/rouge_l); None decides with :func:`detect_task`.
-    Returns the metrics plus ``task``, ``predictions``, ``references`` and ``inputs``.
+    Returns the metrics plus ``task``, ``predictions``, ``references``, ``inputs`` and
+    ``cut_at_max_new_tokens`` (answers that reached the cap before their end token).
     """
     examples = list(raw_split)
     prompts = [build_prompt(tokenizer, prompt_messages(ex, data_config)) for ex in examples]
@@ -159,12 +164,30 @@ def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     task = task or detect_task(references)
     if task not in ("extraction", "text"):
         raise ValueError(f"Unknown generation task {task!r}; use 'extraction' or 'text'.")
+    cut: list[int] = []
     predictions = generate(model, tokenizer, prompts, eval_config.max_new_tokens, eval_config.batch_size,
-                           autocast=autocast, desc=desc)
+                           autocast=autocast, desc=desc, cut_rows=cut)
     metric = load_metric("entity_f1" if task == "extraction" else "text_overlap")
     scores = metric.compute(predictions=predictions, references=references)
-    return {**scores, "task": task, "num_examples": len(examples), "predictions": predictions,
-            "references": references, "inputs": [example_input(ex, data_config) for ex in examples]}
+    return {**scores, "task": task, "num_examples": len(examples), "cut_at_max_new_tokens": len(cut),
+            "predictions": predictions, "references": references,
+            "inputs": [example_input(ex, data_config) for ex in examples]}
+
+
+def warn_if_answers_exceed_cap(tokenizer: PreTrainedTokenizerBase, references: list[str], max_new_tokens: int) -> int:
+    """Warn when reference answers are longer than the generation cap; returns how many are.
+
+    Such an answer cannot be produced whole (a cut JSON answer does not even parse), so every one of
+    them scores as an error however good the model is: real NER sentences that list a team's
+    players need well over the 64 tokens that suit the shipped extraction data. +1 counts the end token.
+    """
+    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for r in references]
+    over = sum(n > max_new_tokens for n in lengths)
+    if over:
+        logger.warning(f"{over} of {len(references)} reference answers need more than eval.max_new_tokens="
+                       f"{max_new_tokens} tokens (the longest: {max(lengths)}); those answers will be cut and "
+                       f"scored as errors. Set eval.max_new_tokens: {max(lengths)} to let them finish.")
+    return over
 
 
 def perplexity(model: PreTrainedModel, tokenized_split: Dataset, collator: Callable[[list[dict]], dict],
@@ -340,6 +363,9 @@ def run_evaluation(config: RunConfig, adapter_dir: str | None = None, compare_ba
         raise RunFolderError(f"Cannot write evaluation results to {out}: {reason}. Write them elsewhere with --out.")
     tokenizer = load_tokenizer(config.model.name, config.model.trust_remote_code)
     split = evaluation_split(config, tokenizer)
+    if config.data.recipe != "classification":  # said before the model loads: the fix is a config edit
+        warn_if_answers_exceed_cap(tokenizer, [answer_text(ex, config.data) for ex in split.raw],
+                                   config.eval.max_new_tokens)
     set_seed(config.train.seed)  # a new classification head starts as training's did
     # The base weights in the dtype training stored them in (bf16 where fast), so the model
     # evaluated is numerically the one trained.
