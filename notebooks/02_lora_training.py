@@ -174,14 +174,20 @@ from tunebook.train import run_training
 short_run = run_training(short, overwrite=True)  # overwrite: re-running the cell replaces its own run
 tunebook_losses = [e["loss"] for e in short_run.metrics["train_loss"]]
 print("run_training losses: ", [round(loss, 4) for loss in tunebook_losses])
-assert max(abs(a - b) for a, b in zip(plain_losses, tunebook_losses)) < 1e-3
+# Same first loss (same weights, same batch); later steps within 2 %: bf16 rounds the two runs
+# differently (see below), and the difference compounds over a few optimizer steps.
+assert abs(plain_losses[0] - tunebook_losses[0]) < 1e-3
+assert max(abs(a - b) / b for a, b in zip(plain_losses, tunebook_losses)) < 0.02
 
 # %% [markdown]
 # The one difference you may spot in its log: *loss on trained positions*. The prompt's positions
 # carry label -100, so tunebook asks the model for logits only from the first answer position on
 # (transformers' `logits_to_keep`): the LM head over the 49,152-entry vocabulary and the loss skip
 # the prompt. The loss is the same (tests/test_formatting.py checks loss and gradients); the step
-# is cheaper (`benchmarks/README.md` measures it).
+# is cheaper (`benchmarks/README.md` measures it). In bf16 the head's matrix product then has
+# another shape, which rounds differently on some CPUs (on an AMX Xeon the third step differs in
+# the fourth digit and the fifth by 0.6 %), hence the cell's two checks: the first loss to 1e-3,
+# the rest within 2 %.
 #
 # ## 5. The full run
 #
