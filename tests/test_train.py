@@ -394,7 +394,10 @@ def test_cli_prepare_writes_dataset_and_stats(tiny_model_dir, tiny_dataset, tmp_
     saved = load_from_disk(str(tmp_path / "prepared" / "dataset"))
     assert sorted(saved) == ["test", "train", "validation"]
     assert set(saved["train"].column_names) == {"input_ids", "labels", "length", "row"}
-    assert "written to" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # The first training rows as the recipe reads them, each named by file and line.
+    first = saved["train"][0]["row"]
+    assert f"train.jsonl, line {first}:" in out and "written to" in out
 
 
 def test_own_csv_with_other_column_names_trains_by_config_only(tiny_model_dir, tmp_path) -> None:

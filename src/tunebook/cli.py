@@ -43,10 +43,11 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .prepare import prepare_dataset
+    from .prepare import prepare_dataset, preview_examples
 
     config = _config(args)
     result = prepare_dataset(config, args.out)
+    print(preview_examples(result["prepared"]))
     print(json.dumps(result["stats"], indent=2))
     print(f"[tunebook] processed dataset and stats written to {result['out_dir']}")
     return 0

@@ -79,6 +79,25 @@ def prepare_tokenized(config: RunConfig, tokenizer: PreTrainedTokenizerBase,
     return Prepared(raw, tokenized, report, stats)
 
 
+def preview_examples(prepared: Prepared, count: int = 3, width: int = 160) -> str:
+    """The first `count` training rows as the recipe reads them (roles, label names), one field a line.
+
+    What a converter made of the file (a CoNLL sentence's JSON answer, a 1-based class id's name)
+    is the first thing to check when you bring your own data.
+    """
+    lines, source = [], prepared.report["sources"]["train"]
+    for example in prepared.raw["train"].select(range(min(count, len(prepared.raw["train"])))):
+        lines.append(f"{source}, line {example['row']}:")
+        for role, value in example.items():
+            if role == "row" or value in ("", None):
+                continue
+            if role == "label" and prepared.labels:
+                value = f"{value} ({prepared.labels[value]})"
+            text = str(value).replace("\n", " | ")
+            lines.append(f"  {role:<12}{text if len(text) <= width else text[:width - 3] + '...'}")
+    return "\n".join(lines)
+
+
 def prepare_dataset(config: RunConfig, out_dir: str | Path | None = None) -> dict:
     """Run the prepare stage and write it to disk: processed dataset, stats JSON, histogram PNG."""
     out = Path(out_dir or Path(config.train.output_dir) / "prepared")
