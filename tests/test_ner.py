@@ -182,3 +182,16 @@ def test_entity_spans_closing_tags(tags: list[str], spans: list[tuple[str, int, 
 def test_conll_sniffing_reads_the_last_column() -> None:
     assert looks_like_conll("EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n")
     assert not looks_like_conll("EU B-ORG NNP\n")
+
+
+def test_shipped_wikigold_reads_as_published() -> None:
+    # The real corpus (IOB1 tags, -DOCSTART- lines) through the extraction recipe: every sentence
+    # kept, no sentence in two splits (load_and_validate would stop), CoNLL's four answer keys.
+    root = Path(__file__).resolve().parents[1]
+    data, report = load_and_validate(DataConfig(path=str(root / "data/wikigold"), instruction="Extract."))
+    assert report["split_sizes"] == {"train": 1319, "validation": 207, "test": 170}
+    first = data["train"][0]
+    assert first["input"] == "010 is the tenth album from Japanese Punk Techno band The Mad Capsule Markets."
+    assert json.loads(first["output"]) == {"person": [], "organization": ["The Mad Capsule Markets"],
+                                           "location": [], "misc": ["010", "Japanese"]}
+    assert first["row"] == 3  # after the -DOCSTART- line and its blank line
