@@ -269,24 +269,30 @@ result = prepare_dataset(config, RUN_DIR / "prepared")
 print(sorted(p.name for p in result["out_dir"].iterdir()))
 
 # %% [markdown]
-# ## 7. Worked example: a CoNLL NER corpus, file to adapter, by config edits only
+# ## 7. Worked example: a real NER corpus in CoNLL format, file to adapter, by config edits only
 #
 # Real named-entity corpora (CoNLL-2003, WikiGold, WNUT-17) ship one token per line with a BIO tag.
-# `data/extraction_conll` holds our extraction sentences in that layout. Pointing `data.path` at
-# it is the only edit: tunebook joins the tokens into the sentence and turns the tags into the
-# JSON answer, one key per entity type (`PER -> person`, `ORG -> organization`, `LOC -> location`,
-# others lower-cased). `data.columns` has nothing to map in a token file and is ignored.
+# `data/wikigold` is one of them, as published: **WikiGold** (Balasuriya et al. 2009, CC BY 4.0),
+# 145 hand-annotated Wikipedia articles with CoNLL-2003's four types, split by article into
+# `train/dev/test.conll` (its data card says how). Its tags are IOB1, as in CoNLL-2003's original
+# files: an entity starts with `I-`, and `B-` only separates two adjacent entities of one type.
+# `configs/smollm2-135m-instruct/wikigold.yaml` is the extraction config with `data.path` pointed
+# at the folder (and settings chosen on `dev.conll`): tunebook joins the tokens into the sentence and
+# turns the tags into the JSON answer, one key per entity type (`PER -> person`, `ORG ->
+# organization`, `LOC -> location`, `MISC -> misc`; other tag sets keep their own names,
+# lower-cased). `data.columns` has nothing to map in a token file and is ignored.
 
 # %%
-print((ROOT / "data/extraction_conll/dev.conll").read_text().splitlines()[2:10])
-conll_config = notebook_config("configs/smollm2-135m-instruct/lora.yaml", SMOKE, name="conll-example",
-                               overrides={"data.path": "data/extraction_conll", "train.max_steps": 30,
-                                          "train.eval_steps": 30, "train.save_steps": 30, "eval.max_examples": 40})
-conll_splits, _ = load_and_validate(conll_config.data)
+print("\n".join((ROOT / "data/wikigold/dev.conll").read_text().splitlines()[:12]))
+conll_config = notebook_config("configs/smollm2-135m-instruct/wikigold.yaml", SMOKE, name="conll-example",
+                               overrides={"train.max_steps": 30, "train.eval_steps": 30, "train.save_steps": 30,
+                                          "eval.max_examples": 40})
+conll_splits, conll_report = load_and_validate(conll_config.data)
+print(conll_report["split_sizes"])
 print(conll_splits["validation"][0])
 
 # %% [markdown]
-# From there it is an ordinary extraction run: 30 steps (a short run; 02 trains the full 150)
+# From there it is an ordinary extraction run: 30 steps (a short run; the config trains 220)
 # and the test F1 of the base model and the adapter on the first 40 test sentences.
 
 # %%
@@ -299,7 +305,10 @@ conll_results = run_evaluation(conll_config, overwrite=True)
 # %% [markdown]
 # Thirty steps prove the plumbing, not a model: the evaluation itself warns that the *gazetteer*
 # baseline (entity strings seen in training, looked up in the sentence) still beats the adapter on
-# these 40 sentences. 02 trains the full 150 steps; 04 scores that run against the same baseline.
+# these 40 sentences. The config's full run (`python -m tunebook train
+# configs/smollm2-135m-instruct/wikigold.yaml`, 220 steps, 9.5 minutes on a 2-core CPU) reaches
+# entity F1 0.654 on all 170 test sentences, against 0.252 for the gazetteer (docs/baselines.md):
+# far below the 0.955 of 02's generated sentences, and the honest figure for real text.
 
 # %% [markdown]
 # ## 8. Worked example: AG News' CSV with integer labels

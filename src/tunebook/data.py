@@ -301,7 +301,9 @@ def load_and_validate(config: DataConfig) -> tuple[DatasetDict, dict[str, object
                                   "data.path: {train: ...}.")
     examples = {split: _examples(table, config) for split, table in tables.items()}
     report: dict[str, object] = {"rows": {s: len(t.rows) for s, t in tables.items()},
-                                 "sources": {s: t.source for s, t in tables.items()}}
+                                 "sources": {s: t.source for s, t in tables.items()},
+                                 # what a row's `row` number counts: its line, or its 1-based row (Parquet, JSON list)
+                                 "row_numbers": {s: "line" if t.lines else "row" for s, t in tables.items()}}
     if config.recipe == "classification":
         names = label_names(examples["train"], config)
         for split, rows in examples.items():

@@ -79,22 +79,27 @@ def prepare_tokenized(config: RunConfig, tokenizer: PreTrainedTokenizerBase,
     return Prepared(raw, tokenized, report, stats)
 
 
-def preview_examples(prepared: Prepared, count: int = 3, width: int = 160) -> str:
+def preview_examples(prepared: Prepared, count: int = 3, width: int = 200) -> str:
     """The first `count` training rows as the recipe reads them (roles, label names), one field a line.
 
     What a converter made of the file (a CoNLL sentence's JSON answer, a 1-based class id's name)
-    is the first thing to check when you bring your own data.
+    is the first thing to check when you bring your own data, so the answer (`output`) is shown
+    whole; longer inputs are cut to `width` characters, and line breaks and tabs are made visible.
     """
-    lines, source = [], prepared.report["sources"]["train"]
-    for example in prepared.raw["train"].select(range(min(count, len(prepared.raw["train"])))):
-        lines.append(f"{source}, line {example['row']}:")
+    train = prepared.raw["train"]
+    source, unit = prepared.report["sources"]["train"], prepared.report["row_numbers"]["train"]
+    lines: list[str] = []
+    for example in train.select(range(min(count, len(train)))):
+        lines.append(f"{source}, {unit} {example['row']}:")
         for role, value in example.items():
             if role == "row" or value in ("", None):
                 continue
             if role == "label" and prepared.labels:
                 value = f"{value} ({prepared.labels[value]})"
-            text = str(value).replace("\n", " | ")
-            lines.append(f"  {role:<12}{text if len(text) <= width else text[:width - 3] + '...'}")
+            text = str(value).replace("\r\n", "\n").replace("\n", " | ").replace("\t", " ")
+            if role != "output" and len(text) > width:
+                text = text[:width - 3] + "..."
+            lines.append(f"  {role:<12}{text}")
     return "\n".join(lines)
 
 
