@@ -30,6 +30,7 @@ from transformers import (
     set_seed,
 )
 
+from .activations import use_lean_activations
 from .config import RunConfig
 from .environment import Decision, choose_device, choose_precision, environment_report, precision_dtype
 from .errors import ConfigError, RunFolderError
@@ -235,6 +236,7 @@ def build_model(config: RunConfig, decisions: Decisions, labels: list[str] | Non
     model = load_model(config.model.name, config.model.task, quantization=config.model.quantization,
                        dtype=frozen_weight_dtype(decisions.precision.value), label_names=labels,
                        trust_remote_code=config.model.trust_remote_code)
+    use_lean_activations(model, verbose=is_main_process())  # same forward and gradients, less kept for backward
     checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing, count_parameters(model)[1])
     logger.info(str(checkpointing))
     model = apply_lora(model, config.lora, config.model.task, checkpointing.value, verbose=is_main_process())
