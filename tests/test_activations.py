@@ -12,13 +12,16 @@ from tunebook.config import LoraSettings
 from tunebook.lora import apply_lora, keep_adapter_input_dtype
 
 
-def _loss_grads_and_saved_bytes(model: torch.nn.Module, lean: bool, dtype: torch.dtype) -> tuple:
+def _loss_grads_and_saved_bytes(model: torch.nn.Module, lean: bool, dtype: torch.dtype,
+                                checkpointing: bool = False) -> tuple:
     """Loss, every gradient (adapters and the trainable norms) and the bytes autograd kept for backward."""
     model = copy.deepcopy(model).to(dtype)
     if lean:
         assert use_lean_activations(model, verbose=False) == {"rmsnorm": 5, "swiglu": 2}  # 2 layers x 2 + final
     torch.manual_seed(0)  # LoRA's A matrices are random: the same in both runs
-    model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), verbose=False)
+    model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=checkpointing,
+                       verbose=False)
+    model.train(checkpointing)  # transformers checkpoints layers only in training mode
     keep_adapter_input_dtype(model)
     for name, param in model.named_parameters():
         if "lora_B" in name:  # B = 0 at init would make every base-side gradient zero
@@ -56,6 +59,16 @@ def test_lean_activations_give_the_same_gradients_and_keep_less(tiny_llama, dtyp
         torch.testing.assert_close(lean_grads[name], grads[name], **exact, msg=name)
     # bf16: the norms' fp32 input copies go (4 -> 2 bytes a value) and silu(gate) is not kept.
     assert lean_saved < (0.9 if dtype == torch.bfloat16 else 0.95) * saved
+
+
+def test_lean_activations_under_gradient_checkpointing(tiny_llama) -> None:
+    # Checkpointed layers run their forward twice (once without keeping anything): same gradients.
+    _, grads, saved = _loss_grads_and_saved_bytes(tiny_llama, lean=False, dtype=torch.bfloat16, checkpointing=True)
+    _, lean_grads, _ = _loss_grads_and_saved_bytes(tiny_llama, lean=True, dtype=torch.bfloat16, checkpointing=True)
+    _, _, saved_without = _loss_grads_and_saved_bytes(tiny_llama, lean=False, dtype=torch.bfloat16)
+    assert saved < 0.5 * saved_without  # checkpointing is really on
+    for name in grads:
+        torch.testing.assert_close(lean_grads[name], grads[name], rtol=0, atol=0, msg=name)
 
 
 def test_other_models_are_left_alone(tiny_bert) -> None:

@@ -11,10 +11,12 @@ decoder two small ops keep more than they must:
 The versions here compute the same forward, bit for bit, and keep only the bf16 input (plus one
 fp32 number per token) and ``gate`` and ``up``; backward recomputes the rest. Measured on
 SmolLM2-135M at batch 8 x 470 tokens with LoRA on every projection: tensors kept for backward
-2,636 -> 2,057 MiB (-22 %). The SwiGLU gradients are bit-identical to autograd's (the same ATen
-ops in the same order); the RMSNorm input gradient follows autograd's op sequence and matches it
-to fp32 rounding. This is what the fused kernels of Liger or Unsloth do on GPUs, written in plain
-PyTorch so that it runs on any device, under autocast, gradient checkpointing and FSDP.
+2,636 -> 2,057 MiB (-22 %). The backward passes repeat autograd's ops in autograd's order, so
+under bf16 autocast (how tunebook trains) the loss and every gradient are bit-identical to the
+stock modules', with or without gradient checkpointing (tests/test_activations.py); in pure fp32
+the norm's gradient differs at fp32 rounding. It is the idea of the fused kernels of Liger or
+Unsloth, written in plain PyTorch ops so that it runs wherever the model runs (not measured on a
+GPU or under FSDP here).
 
 Only modules that compute exactly Llama's RMSNorm and SiLU-gated MLP are changed (their forward's
 source must equal ``LlamaRMSNorm.forward`` / ``LlamaMLP.forward``: Llama, Mistral, Qwen2,
