@@ -1,4 +1,4 @@
-"""Leaner RMSNorm and SwiGLU: the same loss and gradients as the stock modules, less kept for backward."""
+"""Leaner RMSNorm, SwiGLU and loss: the same loss and gradients as the stock modules, less kept for backward."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import copy
 
 import pytest
 import torch
+from transformers.loss.loss_utils import ForCausalLMLoss
 
-from tunebook.activations import use_lean_activations
+import tunebook.activations
+from tunebook.activations import chunked_causal_lm_loss, use_lean_activations
 from tunebook.config import LoraSettings
 from tunebook.lora import apply_lora, keep_adapter_input_dtype
 
@@ -17,7 +19,8 @@ def _loss_grads_and_saved_bytes(model: torch.nn.Module, lean: bool, dtype: torch
     """Loss, every gradient (adapters and the trainable norms) and the bytes autograd kept for backward."""
     model = copy.deepcopy(model).to(dtype)
     if lean:
-        assert use_lean_activations(model, verbose=False) == {"rmsnorm": 5, "swiglu": 2}  # 2 layers x 2 + final
+        # 2 layers x 2 norms + the final one
+        assert use_lean_activations(model, verbose=False) == {"rmsnorm": 5, "swiglu": 2, "loss": 1}
     torch.manual_seed(0)  # LoRA's A matrices are random: the same in both runs
     model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=checkpointing,
                        verbose=False)
@@ -73,7 +76,8 @@ def test_lean_activations_under_gradient_checkpointing(tiny_llama) -> None:
 
 def test_other_models_are_left_alone(tiny_bert) -> None:
     before = {name: type(m).forward for name, m in tiny_bert.named_modules()}
-    assert use_lean_activations(tiny_bert, verbose=False) == {"rmsnorm": 0, "swiglu": 0}
+    assert use_lean_activations(tiny_bert, verbose=False) == {"rmsnorm": 0, "swiglu": 0, "loss": 0}
+    assert "_loss_function" not in vars(tiny_bert)  # a classifier keeps its own loss
     assert all("forward" not in vars(m) for m in tiny_bert.modules())
     assert before == {name: type(m).forward for name, m in tiny_bert.named_modules()}
 
@@ -84,3 +88,65 @@ def test_inference_output_is_unchanged(tiny_llama) -> None:
         expected = tiny_llama(input_ids=ids).logits
         use_lean_activations(tiny_llama, verbose=False)
         assert torch.equal(tiny_llama(input_ids=ids).logits, expected)
+
+
+def _saved_bytes_loss_and_grad(loss_fn, logits, labels, **kwargs) -> tuple[int, torch.Tensor, torch.Tensor]:
+    logits = logits.detach().requires_grad_(True)
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = loss_fn(logits, labels, vocab_size=logits.shape[-1], **kwargs)
+    loss.backward()
+    return sum(storages.values()), loss.detach(), logits.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("num_items_in_batch", [None, 50])
+def test_chunked_loss_matches_transformers_causal_lm_loss(monkeypatch, dtype, num_items_in_batch) -> None:
+    monkeypatch.setattr(tunebook.activations, "CHUNK_VALUES", 7 * 1000)  # 7 rows a chunk: 4 chunks + a remainder
+    generator = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 11, 1000, generator=generator)).to(dtype)
+    labels = torch.randint(0, 1000, (3, 11), generator=generator)
+    labels[0, :4] = -100  # a prompt
+    labels[2, 7:] = -100  # padding
+    kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": torch.tensor(num_items_in_batch)}
+    saved, loss, grad = _saved_bytes_loss_and_grad(ForCausalLMLoss, logits, labels, **kwargs)
+    lean_saved, lean_loss, lean_grad = _saved_bytes_loss_and_grad(chunked_causal_lm_loss, logits, labels, **kwargs)
+    assert lean_loss.dtype == loss.dtype == torch.float32
+    torch.testing.assert_close(lean_loss, loss, rtol=1e-6, atol=0)
+    assert lean_grad.dtype == dtype
+    torch.testing.assert_close(lean_grad, grad)  # the dtype's default tolerance: rounding, not a different sum
+    assert torch.all(lean_grad[0, :3] == 0) and torch.all(lean_grad[2, 6:] == 0)  # nothing from ignored labels
+    # transformers keeps the fp32 log-probabilities (4 bytes a value); the chunked loss keeps the
+    # logits in their own dtype (2 bytes in bf16) and one fp32 number per row.
+    assert lean_saved < (0.55 if dtype == torch.bfloat16 else 1.05) * saved
+
+
+def test_chunked_loss_in_the_model_gives_the_same_loss_and_adapter_gradients(tiny_llama) -> None:
+    ids = torch.randint(0, tiny_llama.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(4))
+    labels = ids.masked_fill(torch.arange(24) < 10, -100)  # a 10-token prompt
+
+    def loss_and_grads(lean: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = copy.deepcopy(tiny_llama)
+        if lean:
+            use_lean_activations(model, verbose=False)
+            assert model.loss_function is chunked_causal_lm_loss
+        torch.manual_seed(0)
+        model = apply_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), verbose=False)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.5, generator=torch.Generator().manual_seed(1))
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(lean=False)
+    lean_loss, lean_grads = loss_and_grads(lean=True)
+    torch.testing.assert_close(lean_loss, loss, rtol=1e-6, atol=0)
+    assert grads.keys() == lean_grads.keys() and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(lean_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -27,7 +27,7 @@ from tunebook.memory import (
     EAGER_SCORES_BYTES,
     INT8_ROW_SCALE_BYTES,
     LOGITS_INFER_BYTES,
-    LOGITS_TRAIN_BYTES,
+    LOGITS_TRAIN_VALUES,
     NF4_BYTES_PER_PARAM,
     OVERHEAD_BYTES,
     GiB,
@@ -204,7 +204,8 @@ def test_lora_terms(device: str) -> None:
     # 16-bit activations, with tunebook.activations' lean RMSNorm and SwiGLU (16·h + 6·i + 4·kv_dim)
     per_layer = s * b * (16 * 64 + 6 * 128 + 4 * 32)
     assert est.activations == 2 * per_layer
-    assert est.logits == s * b * 100 * LOGITS_TRAIN_BYTES and est.kv_cache == 0
+    # the chunked loss: 16-bit logits and their 16-bit gradient, 2 x 2 bytes a value
+    assert est.logits == s * b * 100 * LOGITS_TRAIN_VALUES * 2 and LOGITS_TRAIN_VALUES == 2 and est.kv_cache == 0
     assert est.overhead == OVERHEAD_BYTES[device] == {"cpu": 0, "cuda": GiB}[device]
     assert est.total == (est.weights + est.adapter + est.gradients + est.optimizer_state + est.activations
                          + est.logits + est.kv_cache + est.overhead)

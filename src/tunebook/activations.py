@@ -1,4 +1,4 @@
-"""Leaner activations for training: RMSNorm and SwiGLU that keep less for the backward pass.
+"""Leaner activations for training: RMSNorm, SwiGLU and the loss that keep less for the backward pass.
 
 Autograd keeps, for every layer, the tensors its backward pass will need. In a Llama-style
 decoder two small ops keep more than they must:
@@ -18,9 +18,22 @@ the norm's gradient differs at fp32 rounding. It is the idea of the fused kernel
 Unsloth, written in plain PyTorch ops so that it runs wherever the model runs (not measured on a
 GPU or under FSDP here).
 
+The loss over the vocabulary is the third: transformers' causal-LM loss upcasts the logits to
+fp32 and keeps the fp32 log-probabilities for backward, then backward builds two more fp32 tensors
+of the same size: 4 x 4 bytes per trained position and vocabulary entry, 2.8 GB at 8 x 448
+positions of SmolLM2's 49,152 entries, beside 0.7 GB for the logits themselves (fp32). Where the
+answers are long (instruction data: most of a row is answer) that is the largest single item of a
+step. `chunked_causal_lm_loss` computes the same loss a chunk of rows at a time, in fp32, keeping
+one fp32 number per row (the log-sum-exp) besides the logits; backward writes the gradient chunk
+by chunk into one tensor of the logits' size. It runs inside the model's forward (transformers
+calls ``model.loss_function``), so DDP, FSDP and DeepSpeed see an ordinary forward. Unlike the
+fused linear + cross-entropy kernels (Liger's), the logits are still formed once, in the
+compute dtype: no recomputation of the LM head's matmul.
+
 Only modules that compute exactly Llama's RMSNorm and SiLU-gated MLP are changed (their forward's
 source must equal ``LlamaRMSNorm.forward`` / ``LlamaMLP.forward``: Llama, Mistral, Qwen2,
-SmolLM2 ...); any other model is left as it is.
+SmolLM2 ...); any other model is left as it is. The loss is swapped on models whose loss is
+transformers' own ``ForCausalLMLoss`` (every ``...ForCausalLM``), and nowhere else.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import types
 import torch
 import torch.nn.functional as F
 from transformers.activations import SiLUActivation
+from transformers.loss.loss_utils import LOSS_MAPPING
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
 from .log import get_logger
@@ -81,6 +95,63 @@ class _SiluMul(torch.autograd.Function):
         return grad_gate, grad_up
 
 
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Sum over rows of ``logsumexp(logits) - logits[target]`` (rows whose target is ignored add 0)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int
+                ) -> torch.Tensor:
+        kept = targets != ignore_index
+        targets = targets.masked_fill(~kept, 0)  # any valid index; its row is multiplied by 0
+        logsumexp = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        for start in range(0, logits.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            chunk = logits[rows].float()
+            logsumexp[rows] = torch.logsumexp(chunk, dim=-1)
+            picked = chunk.gather(1, targets[rows, None]).squeeze(1)
+            total += ((logsumexp[rows] - picked) * kept[rows]).sum()
+        ctx.save_for_backward(logits, targets, kept, logsumexp)
+        ctx.chunk_rows = chunk_rows
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        logits, targets, kept, logsumexp = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            # d/dx (logsumexp(x) - x[t]) = softmax(x) - onehot(t), per kept row, times the upstream grad
+            probs = torch.exp(logits[rows].float() - logsumexp[rows, None])
+            probs.scatter_add_(1, targets[rows, None], probs.new_full((probs.shape[0], 1), -1.0))
+            grad_logits[rows] = (probs * (grad * kept[rows])[:, None]).to(logits.dtype)
+        return grad_logits, None, None, None
+
+
+CHUNK_VALUES = 1 << 24  # fp32 values per chunk: 64 MiB, 341 rows of a 49,152-entry vocabulary
+
+
+def chunked_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor | None, vocab_size: int,
+                           num_items_in_batch: torch.Tensor | int | None = None, ignore_index: int = -100,
+                           shift_labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """transformers' ``ForCausalLMLoss`` (same arguments, same value) without its full fp32 copies.
+
+    Labels are shifted left by one (the logit at position t predicts token t + 1); the mean is
+    over the labelled positions, or the sum divided by ``num_items_in_batch`` when the Trainer
+    passes it (gradient accumulation counts every micro-batch's tokens once).
+    """
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    logits = logits.reshape(-1, vocab_size)
+    targets = shift_labels.reshape(-1).to(logits.device)
+    total = _ChunkedCrossEntropy.apply(logits, targets, ignore_index, max(1, CHUNK_VALUES // vocab_size))
+    if num_items_in_batch is None:
+        return total / (targets != ignore_index).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
 def _rmsnorm_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     return _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
 
@@ -97,12 +168,15 @@ def _same_source(method: object, reference: object) -> bool:
 
 
 def use_lean_activations(model: torch.nn.Module, verbose: bool = True) -> dict[str, int]:
-    """Swap in the leaner RMSNorm and SwiGLU on every module that computes exactly Llama's.
+    """Swap in the leaner RMSNorm and SwiGLU on every module that computes exactly Llama's, and the chunked loss.
 
     Changes the modules' ``forward`` in place (the weights are untouched, so saved adapters,
     merging and evaluation are unaffected) and returns how many of each were changed.
     """
-    changed = {"rmsnorm": 0, "swiglu": 0}
+    changed = {"rmsnorm": 0, "swiglu": 0, "loss": 0}
+    if getattr(model, "loss_type", None) == "ForCausalLM" and model.loss_function is LOSS_MAPPING["ForCausalLM"]:
+        model.loss_function = chunked_causal_lm_loss
+        changed["loss"] = 1
     for module in model.modules():
         if _same_source(type(module).forward, LlamaRMSNorm.forward):
             module.forward = types.MethodType(_rmsnorm_forward, module)
@@ -112,7 +186,12 @@ def use_lean_activations(model: torch.nn.Module, verbose: bool = True) -> dict[s
             module.forward = types.MethodType(_swiglu_forward, module)
             changed["swiglu"] += 1
     if verbose and any(changed.values()):
-        logger.info(f"activations: {changed['rmsnorm']} RMSNorms keep their input instead of an fp32 copy and "
-                    f"{changed['swiglu']} SwiGLU MLPs recompute silu(gate) in backward: the same gradients, "
-                    "about a fifth less memory kept for backward (tunebook.activations)")
+        kept_less = []
+        if changed["rmsnorm"] or changed["swiglu"]:
+            kept_less.append(f"{changed['rmsnorm']} RMSNorms keep their input instead of an fp32 copy and "
+                             f"{changed['swiglu']} SwiGLU MLPs recompute silu(gate) in backward")
+        if changed["loss"]:
+            kept_less.append("the loss over the vocabulary runs in chunks, without full fp32 copies of the logits")
+        logger.info(f"activations: {'; '.join(kept_less)}. The same loss and gradients, less memory kept for "
+                    "backward (tunebook.activations)")
     return changed

@@ -66,10 +66,13 @@ DROPOUT_BYTES = 3  # per element of every adapted layer's input: 16-bit output +
 # Eager attention also keeps the s x s score and softmax tensors: measured 6·a·s²·b bytes
 # (Korthikanti: 5). SDPA/flash attention recomputes them in backward, so the term is 0 there.
 EAGER_SCORES_BYTES = 6
-# Logits s·b·vocab: the loss upcasts them to fp32 and keeps the fp32 log-softmax for backward
-# (4 bytes, measured), then backward creates its fp32 gradient (4 more). For small models with
-# big vocabularies (SmolLM2: 49k x 576) this is often the single biggest tensor of the step.
-LOGITS_TRAIN_BYTES, LOGITS_INFER_BYTES = 8, 4
+# Logits s·b·vocab. transformers' loss upcasts them to fp32 and keeps the fp32 log-softmax for
+# backward, whose backward then makes two more fp32 tensors of that size; tunebook trains causal
+# LMs with tunebook.activations' chunked loss instead, which keeps the logits in the compute dtype
+# and makes one gradient of the same size: 2 x the activation bytes per value (bf16: 4). Counted at
+# every position, an upper bound: tunebook forms logits only from the first trained position on.
+# For small models with big vocabularies (SmolLM2: 49k x 576) this is often the biggest tensor.
+LOGITS_TRAIN_VALUES, LOGITS_INFER_BYTES = 2, 4
 # CUDA context (~0.5 GiB), cuBLAS workspaces and caching-allocator slack. A CPU process has no
 # context to pay for; the interpreter and libraries (~0.5 GiB RSS) are not counted either, so
 # compare against RSS *growth* on CPU.
@@ -182,7 +185,7 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
         method, int(weights), adapter,
         gradients=trainable * trainable_bytes,
         optimizer_state=int(trainable * _optimizer_bytes_per_param(optimizer, trainable_bytes)),
-        activations=activations, logits=s * b * shape.vocab_size * LOGITS_TRAIN_BYTES,
+        activations=activations, logits=s * b * shape.vocab_size * LOGITS_TRAIN_VALUES * activation_dtype_bytes,
         kv_cache=0, overhead=overhead,
     )
 
