@@ -97,7 +97,7 @@ print("precision:", precision)
 # | gradients | one per parameter | only the adapter's |
 # | optimizer state | AdamW keeps 2 numbers per trained parameter | only the adapter's |
 # | activations | saved for the backward pass; grow with batch × sequence length | same |
-# | logits | batch × sequence × vocabulary, fp32 | same |
+# | logits | batch × sequence × vocabulary, and their gradient | same |
 #
 # We ask for the settings of `configs/smollm2-135m-instruct/lora.yaml` at batch 8 and a generous
 # 128 tokens per sequence (the longest example is 118 tokens; padding goes to a multiple of 8).
@@ -123,14 +123,17 @@ plot_memory_breakdown(small, title="SmolLM2-135M, batch 8 x 128 tokens (CPU, no 
 
 # %% [markdown]
 # For a 135M-parameter model the weights are small; the **activations** and the **logits** dominate
-# (SmolLM2's vocabulary has 49,152 entries, so each token produces 49,152 fp32 logits, and their
-# gradient is as big again). That is why quantizing the base saves little here, and why 03 measures
+# (SmolLM2's vocabulary has 49,152 entries, so each trained token produces 49,152 logits, and
+# their gradient is as big again; tunebook computes the loss over them in chunks, so no full fp32
+# copy of them is made: `tunebook.activations`). That is why quantizing the base saves little here, and why 03 measures
 # peak memories close to each other. On a CPU the measured peak (the process's resident memory)
 # also includes Python and the libraries, about 0.5–1 GB, which the estimate leaves out.
 #
 # The tensors are predicted within about 15 % (checked against the bytes autograd saves for
-# backward). A CPU process's peak resident memory measured about **twice** the estimate in
-# `make bench` (allocator slack, transient copies, loading): on a CPU, plan for 2×.
+# backward). A CPU process's peak resident memory measured 1.05× the estimate for SmolLM2 at batch
+# 8 × 488 in fp32 (benchmarks/README.md), and up to about **twice** it in earlier `make bench` runs,
+# before tunebook set glibc to return freed tensors to the OS (`train.release_host_memory`): on a
+# CPU, leave room for up to 2×.
 #
 # ## 4. Which GPU for which model?
 #

@@ -6,6 +6,9 @@ quantization and device), device (by CUDA), and the divergence guard (by how far
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -241,3 +244,57 @@ def test_only_the_main_process_describes_the_adapter(smollm_tokenizer, monkeypat
         monkeypatch.setattr(train, "is_main_process", lambda: main)
         train.build_model(config, decisions, None)
         assert ("LoRA r=16 alpha=32 on" in capsys.readouterr().out) is says
+
+
+# ---------------------------------------------------------------- host allocator
+
+
+_FREED_TENSORS_PROBE = """
+import sys, torch
+from tunebook.environment import return_freed_tensors_to_os
+
+def resident_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+if sys.argv[1] == "release":
+    print(return_freed_tensors_to_os("cpu"))
+for _ in range(3):
+    before = resident_mib()
+    tensor = torch.ones(1 << 20)  # 4 MiB, every page written
+    grown = resident_mib() - before
+    del tensor
+    print(f"{grown:.1f} {resident_mib() - before:.1f}")
+"""
+
+
+@pytest.mark.skipif(not environment.platform.libc_ver()[0] == "glibc", reason="glibc's allocator only")
+def test_freed_tensors_go_back_to_the_os_on_a_cpu() -> None:
+    # A fresh process, as a training run is: in this one, earlier tests left free heap blocks that
+    # glibc would hand out again whatever the threshold.
+    def run(mode: str) -> list[str]:
+        result = subprocess.run([sys.executable, "-c", _FREED_TENSORS_PROBE, mode], capture_output=True,
+                                text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return result.stdout.splitlines()
+
+    released = run("release")
+    assert released[0].startswith("host allocator: tensors of 1 MiB or more")
+    kept = [tuple(map(float, line.split())) for line in run("glibc")]
+    after = [tuple(map(float, line.split())) for line in released[1:]]
+    # The first round also pays one-off allocations (1.4 MiB measured); compare the later ones.
+    assert all(grown > 3.5 for grown, _ in after) and all(left < 1 for _, left in after[1:])
+    # Without it, glibc raises its threshold at the first free: later 4 MiB tensors stay resident.
+    assert all(left > 3.5 for _, left in kept[1:])
+
+
+@pytest.mark.parametrize("device, enabled, environ, reason", [
+    ("cuda", True, {}, "the tensors live on the GPU"),
+    ("cpu", False, {}, "train.release_host_memory is false"),
+    ("cpu", True, {"MALLOC_MMAP_THRESHOLD_": "65536"}, "MALLOC_MMAP_THRESHOLD_ is set in the environment"),
+])
+def test_host_allocator_is_left_alone(monkeypatch, device: str, enabled: bool, environ: dict, reason: str) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(environment.ctypes, "CDLL", lambda *_: pytest.fail("mallopt must not be called"))
+    decision = environment.return_freed_tensors_to_os(device, enabled)
+    assert decision.value is False and str(decision) == f"host allocator unchanged: {reason}"

@@ -32,7 +32,14 @@ from transformers import (
 
 from .activations import use_lean_activations
 from .config import RunConfig
-from .environment import Decision, choose_device, choose_precision, environment_report, precision_dtype
+from .environment import (
+    Decision,
+    choose_device,
+    choose_precision,
+    environment_report,
+    precision_dtype,
+    return_freed_tensors_to_os,
+)
 from .errors import ConfigError, RunFolderError
 from .files import write_failure, write_json
 from .formatting import accepts_logits_to_keep, completion_collator
@@ -206,7 +213,8 @@ def hardware_decisions(config: RunConfig) -> Decisions:
     device = choose_device()
     decisions = Decisions(device, choose_precision(config.train.precision, device.value),
                           choose_optimizer(config, device.value))
-    for decision in (decisions.device, decisions.precision, decisions.optimizer):
+    for decision in (decisions.device, decisions.precision, decisions.optimizer,
+                     return_freed_tensors_to_os(device.value, config.train.release_host_memory)):
         logger.info(str(decision))
     return decisions
 
