@@ -531,6 +531,17 @@ def _train_eval_loss_examples(config: RunConfig, ctx: Ctx) -> None:
     assert len(wired.trainer_kwargs["eval_dataset"]) == 2 and wired.args.eval_strategy == "steps"
 
 
+@passes("train.release_host_memory", False)
+def _train_release_host_memory(config: RunConfig, ctx: Ctx) -> None:
+    asked = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "return_freed_tensors_to_os",
+                   lambda device, enabled: asked.append(enabled) or train.Decision(False, "recorded"))
+        train.hardware_decisions(config)
+        train.hardware_decisions(apply_overrides(config, {"train.release_host_memory": True}))
+    assert asked == [False, True]
+
+
 SPAM_ROWS = [{"text": f"win a prize {i}", "label": "spam"} if i % 4 == 0 else
              {"text": f"see you later {i}", "label": "ham"} for i in range(40)]
 
