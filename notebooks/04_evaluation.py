@@ -220,6 +220,20 @@ pd.DataFrame({name: overlap_scores([text], [reference]) for name, text in candid
 # Note how the *wrong* answer in the house style still earns partial token F1 and ROUGE-L: overlap
 # metrics reward the style as much as the fact. Report exact match with them, and read examples.
 #
+# **The same recipe on real instructions.** The Nimbus questions ask for facts the training rows
+# state, so the tuned model wins by a mile. `data/self_instruct` holds real, human-written tasks
+# (Self-Instruct's; README, "Results"), and its test tasks are *kinds* of task never seen in
+# training. Measured with the same model and LoRA shape:
+#
+# | data | test rows | token F1 base → tuned | best baseline | training |
+# |---|---|---|---|---|
+# | `data/instructions`, generated facts (`instructions.yaml`) | 86 | 0.165 → 0.957 | nearest answer 0.769 | 200 steps |
+# | `data/self_instruct`, real tasks (`self-instruct.yaml`) | first 96 of 252 | 0.177 → 0.164 | copy the input 0.173 | 40 steps |
+#
+# A short adapter on 148 rows of 150 different tasks teaches an answer style (validation perplexity
+# 6.93 → 6.04), not new skills: on unseen tasks the scores do not move. Fine-tuning adds what the
+# data repeats.
+#
 # ## Exercises
 #
 # ★ applies what the notebook showed, ★★ combines it, ★★★ asks you to find something out. Each
