@@ -261,7 +261,7 @@ if sys.argv[1] == "release":
     print(return_freed_tensors_to_os("cpu"))
 for _ in range(3):
     before = resident_mib()
-    tensor = torch.ones(1 << 20)  # 4 MiB, every page written
+    tensor = torch.ones(4 << 20)  # 16 MiB, every page written
     grown = resident_mib() - before
     del tensor
     print(f"{grown:.1f} {resident_mib() - before:.1f}")
@@ -281,10 +281,11 @@ def test_freed_tensors_go_back_to_the_os_on_a_cpu() -> None:
     assert released[0].startswith("host allocator: tensors of 1 MiB or more")
     kept = [tuple(map(float, line.split())) for line in run("glibc")]
     after = [tuple(map(float, line.split())) for line in released[1:]]
-    # The first round also pays one-off allocations (1.4 MiB measured); compare the later ones.
-    assert all(grown > 3.5 for grown, _ in after) and all(left < 1 for _, left in after[1:])
-    # Without it, glibc raises its threshold at the first free: later 4 MiB tensors stay resident.
-    assert all(left > 3.5 for _, left in kept[1:])
+    # The first round also pays one-off allocations (4.3 MiB measured); compare the later ones.
+    assert all(grown > 14 for grown, _ in after) and all(left < 1 for _, left in after[1:])
+    # Without it, glibc raises its threshold at the first free: the second 16 MiB tensor stays
+    # resident (15-16 MiB measured; the third may reuse its block, so it is not checked).
+    assert kept[1][1] > 12
 
 
 @pytest.mark.parametrize("device, enabled, environ, reason", [
