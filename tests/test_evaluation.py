@@ -17,6 +17,7 @@ from transformers import LlamaForSequenceClassification
 
 from tunebook.config import DataConfig, EvalConfig, apply_overrides, load_config
 from tunebook.evaluation import (
+    _by_length,
     compare_table,
     detect_task,
     error_analysis,
@@ -137,6 +138,24 @@ def test_evaluate_generation_detects_task(tokenizer, tiny_model):
         "exact_match", "token_f1", "rouge_l")}
     assert detect_task([_ref(), "not json"]) == "text"
     assert detect_task([_ref(), _ref(date=["2019"])]) == "extraction"
+
+
+def test_length_batches_keep_every_row_once_and_a_token_budget_for_the_long_tail():
+    lengths = [128, 20, 19, 21, 90, 20, 22, 18, 60, 20, 23, 17, 20, 55, 21, 20]
+    full = _by_length(lengths, batch_size=4)
+    assert [len(b) for b in full] == [4, 4, 4, 4]  # without the budget: full batches, longest first
+    assert [lengths[i] for i in full[0]] == [128, 90, 60, 55]
+    budgeted = _by_length(lengths, batch_size=4, token_budget=True)
+    assert sorted(i for b in budgeted for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 4 for b in budgeted)
+    assert all(lengths[b[0]] == max(lengths[i] for i in b) for b in budgeted)  # still longest first
+    budget = 4 * 20  # a full batch of the median row (median_low of these lengths: 20)
+    # A row over the budget goes alone; every other batch pads to at most the budget.
+    assert [lengths[i] for i in budgeted[0]] == [128] and [lengths[i] for i in budgeted[1]] == [90]
+    assert all(len(b) * lengths[b[0]] <= budget for b in budgeted if len(b) > 1)
+    padded = lambda batches: sum(len(b) * lengths[b[0]] for b in batches)  # noqa: E731
+    assert padded(budgeted) < padded(full)
+    assert _by_length([], 4, token_budget=True) == []
 
 
 def test_evaluate_classification_writes_confusion_matrix(tokenizer, tmp_path):

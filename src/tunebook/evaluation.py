@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -103,10 +104,25 @@ def _contiguous_lm_head_input(model: PreTrainedModel) -> Iterator[None]:
         handle.remove()
 
 
-def _by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of similar length (longest first), so each batch pads little."""
+def _by_length(lengths: list[int], batch_size: int, token_budget: bool = False) -> list[list[int]]:
+    """Row indices in batches of similar length (longest first), so each batch pads little.
+
+    With `token_budget`, a batch also stops before rows x its longest row would exceed a full batch
+    of median-length rows: the long tail comes in smaller batches instead of padding `batch_size`
+    rows to the longest one (measured on SMS spam at batch 64: 26 % of the positions computed were
+    padding, 9 % with the budget). For one forward pass only: generation keeps full batches, as
+    its cost is decoding steps x batches.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    budget = batch_size * max(1, statistics.median_low(lengths)) if token_budget and lengths else None
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else []
+        if batch and len(batch) < batch_size and (budget is None or (len(batch) + 1) * lengths[batch[0]] <= budget):
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]] | list[str],
@@ -205,7 +221,7 @@ def perplexity(model: PreTrainedModel, tokenized_split: Dataset, collator: Calla
     total_loss, total_tokens = 0.0, 0
     device = next(model.parameters()).device
     with _eval_mode(model), _autocast(model, autocast):
-        for rows in _by_length([len(ids) for ids in tokenized_split["input_ids"]], batch_size):
+        for rows in _by_length([len(ids) for ids in tokenized_split["input_ids"]], batch_size, token_budget=True):
             batch = collator([tokenized_split[i] for i in rows])
             extra = {"logits_to_keep": batch["logits_to_keep"].to(device)} if "logits_to_keep" in batch else {}
             logits = model(input_ids=batch["input_ids"].to(device),
@@ -235,7 +251,7 @@ def evaluate_classification(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     rows = tokenized_split["input_ids"]
     predictions: list[int] = [0] * len(rows)
     with _eval_mode(model), _autocast(model, autocast), tqdm(total=len(rows), desc=desc, unit="row") as bar:
-        for batch in _by_length([len(r) for r in rows], batch_size):
+        for batch in _by_length([len(r) for r in rows], batch_size, token_budget=True):
             inputs = collate([{"input_ids": rows[i]} for i in batch]).to(device)
             for i, predicted in zip(batch, model(**inputs).logits.argmax(-1).tolist()):
                 predictions[i] = predicted
