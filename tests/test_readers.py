@@ -84,6 +84,25 @@ def test_csv_header_given_in_the_config(tmp_path: Path) -> None:
     assert table.rows == [{"label": "1", "text": "hello"}, {"label": "2", "text": "bye"}] and table.lines == [1, 2]
 
 
+def test_plain_tsv_where_quotes_are_text(tmp_path: Path, caplog) -> None:
+    # The UCI SMS Spam Collection's own file: no header, no quoting, quotes inside messages.
+    text = 'ham\t"Gimme a few" was  &lt;#&gt;  minutes ago\r\nspam\tFree entry, call "now"\r\n\nham\tok "\r\n'
+    with caplog.at_level("INFO", logger="tunebook"):
+        table = read_file(write(tmp_path, "sms.tsv", text), ["label", "text"])
+    assert table.rows == [{"label": "ham", "text": '"Gimme a few" was  &lt;#&gt;  minutes ago'},
+                          {"label": "spam", "text": 'Free entry, call "now"'}, {"label": "ham", "text": 'ok "'}]
+    assert table.lines == [1, 2, 4]
+    assert "read as plain TSV" in caplog.text
+    # A quoted TSV (pandas' export) still reads with its quoting: the quotes are not text there.
+    quoted = read_file(write(tmp_path, "q.tsv", 'text\tlabel\n"She said ""hi"""\tham\n'))
+    assert quoted.rows == [{"text": 'She said "hi"', "label": "ham"}]
+    # A file that neither reading fits keeps the quoting error, which names the line.
+    broken = write(tmp_path, "b.tsv", 'text\tlabel\n"open\tham\nx\ty\tz\n')
+    assert "broken quoting" in error(read_file, broken)
+    # CSV has one convention: no fallback there.
+    assert "broken quoting" in error(read_file, write(tmp_path, "b.csv", 'text,label\n"a" b,ham\n'))
+
+
 def test_csv_errors(tmp_path: Path) -> None:
     path = write(tmp_path, "dup.csv", "text,text\na,b\n")
     assert error(read_file, path) == f"{path}, line 1: the header repeats a column name: ['text', 'text']."
@@ -110,6 +129,13 @@ def test_unreadable_files(tmp_path: Path) -> None:
     path = write(tmp_path, "data.xlsx", "x")
     assert error(read_file, path) == (f"{path}: unsupported file type '.xlsx'. Use JSONL, JSON, CSV, TSV, Parquet, "
                                       "or a CoNLL/BIO token file.")
+    # A file whose name does not say its format, as the UCI SMS collection ships: the fix is named.
+    path = write(tmp_path, "SMSSpamCollection", "ham\tGo until jurong point\nspam\tFree entry\n")
+    assert error(read_file, path) == (f"{path}: unsupported file type ''. Use JSONL, JSON, CSV, TSV, Parquet, or a "
+                                      "CoNLL/BIO token file. Its first line looks tab-separated: rename it to "
+                                      "SMSSpamCollection.tsv (and set data.csv_header if the file has no header row).")
+    path = write(tmp_path, "rows.data", '{"text": "a", "label": "b"}\n')
+    assert error(read_file, path).endswith("Its first line looks JSON Lines: rename it to rows.jsonl.")
 
 
 def test_split_mapping(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataValidationError
+from .log import get_logger
+
+logger = get_logger()
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
@@ -111,6 +114,43 @@ def _json(text: str, source: str) -> Table:
 
 
 def _delimited(text: str, source: str, delimiter: str, header: list[str] | None) -> Table:
+    """CSV/TSV rows with CSV quoting; a TSV that only reads without it is read as plain TSV.
+
+    Two TSV conventions ship: quoted fields (pandas' and Excel's exports) and plain TSV, where
+    quotes are text and no field holds a tab or a line break (the UCI SMS Spam Collection, GLUE).
+    A message such as `ham<TAB>"Gimme a few" was ...` breaks CSV quoting; when every line of such a
+    file splits into the header's number of fields at tabs, that is the reading it was written for.
+    """
+    try:
+        return _quoted(text, source, delimiter, header)
+    except DataValidationError:
+        plain = _plain_tsv(text, source, header) if delimiter == "\t" else None
+        if plain is None:
+            raise
+        logger.info(f"{source}: read as plain TSV (quotes are text): its fields are not CSV-quoted")
+        return plain
+
+
+def _plain_tsv(text: str, source: str, header: list[str] | None) -> Table | None:
+    """One row per line split at tabs, or None when a line has another number of fields."""
+    rows, lines = [], []
+    for number, line in enumerate(text.split("\n"), 1):
+        record = line.rstrip("\r").split("\t")
+        if not any(cell.strip() for cell in record):
+            continue
+        if header is None:
+            header = [name.strip() for name in record]
+            if len(set(header)) != len(header):
+                return None
+        elif len(record) != len(header):
+            return None
+        else:
+            rows.append(dict(zip(header, record)))
+            lines.append(number)
+    return Table(rows, source, lines)
+
+
+def _quoted(text: str, source: str, delimiter: str, header: list[str] | None) -> Table:
     # strict: a broken quote stops here instead of swallowing the lines after it into one field
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows, lines, start = [], [], 1
@@ -169,6 +209,22 @@ def looks_like_conll(text: str, sample: int = 200) -> bool:
     return bool(lines) and all(len(f) >= 2 and _TAG.match(f[-1]) for f in lines)
 
 
+def _rename_hint(path: Path, text: str) -> str:
+    """For a file whose name does not say its format (the UCI spam collection ships as a bare
+    `SMSSpamCollection`): the suffix its first line suggests. The format stays the name's to say;
+    this only names the fix."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    guess = (".jsonl" if first.startswith("{") else ".json" if first.startswith("[") else
+             ".tsv" if "\t" in first else ".csv" if "," in first else None)
+    if guess is None:
+        return ""
+    kind = {".jsonl": "JSON Lines", ".json": "JSON", ".tsv": "tab-separated", ".csv": "comma-separated"}[guess]
+    hint = f" Its first line looks {kind}: rename it to {path.stem}{guess}"
+    if guess in (".tsv", ".csv"):
+        hint += " (and set data.csv_header if the file has no header row)"
+    return hint + "."
+
+
 def read_file(path: Path, csv_header: list[str] | None = None) -> Table:
     """Read one data file into a :class:`Table` (format from the suffix, or sniffed for CoNLL)."""
     suffix = path.suffix.lower()
@@ -192,7 +248,7 @@ def read_file(path: Path, csv_header: list[str] | None = None) -> Table:
         table = _conll(text, str(path))
     else:
         raise DataValidationError(f"{path}: unsupported file type '{suffix}'. Use JSONL, JSON, CSV, TSV, "
-                                  "Parquet, or a CoNLL/BIO token file.")
+                                  f"Parquet, or a CoNLL/BIO token file.{_rename_hint(path, text)}")
     if not table.rows:
         raise DataValidationError(f"{path}: the file is empty: it holds no examples (only a header or blank lines).")
     return table
