@@ -5,7 +5,8 @@ Formats, by file suffix (``.txt`` and other suffixes are read as CoNLL when they
 - JSON Lines (``.jsonl``; also ``.json`` files holding one object per line, as many Hub exports do)
 - JSON (``.json``): a list of objects (Alpaca's ``alpaca_data.json``), or an object holding one
 - CSV and TSV (``.csv``, ``.tsv``) with a header row, or with ``data.csv_header`` naming the
-  columns of files that have none (AG News' ``train.csv``, the SMS Spam Collection)
+  columns of files that have none (AG News' ``train.csv``, the SMS Spam Collection); a TSV that
+  CSV quoting cannot read is read as plain TSV, quotes being text (UCI's ``SMSSpamCollection``)
 - Parquet (``.parquet``)
 - CoNLL / BIO token files (``.conll``, ``.bio``, ``.iob``, ``.txt``, ...): a token per line, its
   tag in the last column, a blank line between sentences, ``-DOCSTART-`` lines skipped
