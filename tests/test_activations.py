@@ -1,4 +1,5 @@
-"""Leaner RMSNorm, SwiGLU and loss: the same loss and gradients as the stock modules, less kept for backward."""
+"""Leaner RMSNorm, SwiGLU and loss: the same loss and gradients as the stock modules, less kept for backward.
+Lean dropout: the same distribution as F.dropout with a 1-byte mask."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 import tunebook.activations
-from tunebook.activations import chunked_causal_lm_loss, use_lean_activations
+from tunebook.activations import chunked_causal_lm_loss, use_lean_activations, use_lean_dropout
 from tunebook.config import LoraSettings
 from tunebook.lora import apply_lora, keep_adapter_input_dtype
 
@@ -150,3 +151,66 @@ def test_chunked_loss_in_the_model_gives_the_same_loss_and_adapter_gradients(tin
     assert grads.keys() == lean_grads.keys() and len(grads) > 0
     for name in grads:
         torch.testing.assert_close(lean_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _saved_bytes(forward) -> tuple[torch.Tensor, int]:
+    storages: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = forward()
+    return out, sum(storages.values())
+
+
+def test_lean_dropout_has_dropouts_distribution_and_keeps_a_byte_mask() -> None:
+    p, rows, cols = 0.1, 1000, 400
+    stock, lean = torch.nn.Dropout(p), torch.nn.Dropout(p)
+    assert use_lean_dropout(lean, verbose=False) == 1
+    x = torch.randn(rows, cols, requires_grad=True)
+    torch.manual_seed(0)
+    out, saved = _saved_bytes(lambda: lean(x))
+    _, stock_saved = _saved_bytes(lambda: stock(x))
+    assert saved == rows * cols and stock_saved == 4 * rows * cols  # a bool mask; F.dropout's fp32 one
+    kept = out != 0
+    # kept with probability 1 - p: within 5 standard deviations of 400,000 draws (+-0.0024)
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / (rows * cols)) ** 0.5
+    torch.testing.assert_close(out[kept], x[kept] / (1 - p))  # inverted dropout's scaling (to rounding)
+    grad = torch.randn(rows, cols)
+    out.backward(grad)
+    torch.testing.assert_close(x.grad, grad * kept / (1 - p))  # backward uses the same mask
+    torch.manual_seed(0)
+    assert torch.equal(lean(x) != 0, kept)  # seeded: the same mask again
+    assert not torch.equal(lean(x) != 0, kept)  # and a new one on the next call
+    lean.eval()
+    assert torch.equal(lean(x), x)  # evaluation: no dropout
+
+
+def test_lean_dropout_in_a_lora_encoder_is_checkpoint_safe(tiny_bert) -> None:
+    """Every dropout with p > 0 (the encoder's, LoRA's) is changed; a checkpointed layer redraws the same masks."""
+    ids = torch.randint(5, 128, (4, 30), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3])
+
+    def loss_and_grads(checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = apply_lora(copy.deepcopy(tiny_bert), LoraSettings(r=4, alpha=8, dropout=0.1),
+                           task="sequence-classification", gradient_checkpointing=checkpointing, verbose=False)
+        dropouts = [m for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0]
+        assert use_lean_dropout(model, verbose=False) == len(dropouts) > 2 * 6  # 6 adapted layers a block
+        model.train()
+        layer_dropout = model.base_model.model.bert.encoder.layer[0].output.dropout
+        calls = []
+        layer_dropout.register_forward_hook(lambda *args: calls.append(1))
+        torch.manual_seed(1)
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        assert len(calls) == (2 if checkpointing else 1)  # a checkpointed layer runs its forward again
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(checkpointing=False)
+    checkpointed_loss, checkpointed_grads = loss_and_grads(checkpointing=True)
+    assert torch.equal(checkpointed_loss, loss) and grads.keys() == checkpointed_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(checkpointed_grads[name], grads[name], msg=name)

@@ -30,7 +30,7 @@ from transformers import (
     set_seed,
 )
 
-from .activations import use_lean_activations
+from .activations import use_lean_activations, use_lean_dropout
 from .config import RunConfig
 from .environment import (
     Decision,
@@ -248,6 +248,7 @@ def build_model(config: RunConfig, decisions: Decisions, labels: list[str] | Non
     checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing, count_parameters(model)[1])
     logger.info(str(checkpointing))
     model = apply_lora(model, config.lora, config.model.task, checkpointing.value, verbose=is_main_process())
+    use_lean_dropout(model, verbose=is_main_process())  # after apply_lora: LoRA's dropout modules come with it
     if decisions.precision.value != "fp32":  # the Trainer runs the step under autocast
         keep_adapter_input_dtype(model)
     return model
