@@ -263,6 +263,6 @@ pd.Series(scores, name="test macro-F1").round(4).to_frame()
 # Class weights push the other way: fewer missed spam, more ham flagged as spam (on validation, at
 # 300 steps: 9 false alarms for 3 misses, macro-F1 0.949 against 0.973 without weights).
 # Weights also make the loss jumpier (one spam message counts ~7 ham ones): in fp32, on a CPU
-# without avx512_bf16, the weighted run blew up (logged loss 0.65 -> 2.75 by step 120) and the
+# without avx512_bf16, the weighted run blew up (logged loss 0.64 -> 2.72 by step 120) and the
 # divergence guard stopped it before it saved an adapter (NaN in the table); in bf16, at the
 # config's earlier rate of 2e-3, it finished at macro-F1 0.955.
