@@ -4,13 +4,14 @@ Lean dropout: the same distribution as F.dropout with a 1-byte mask."""
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 import tunebook.activations
-from tunebook.activations import chunked_causal_lm_loss, use_lean_activations, use_lean_dropout
+from tunebook.activations import LeanDropout, chunked_causal_lm_loss, use_lean_activations, use_lean_dropout
 from tunebook.config import LoraSettings
 from tunebook.lora import apply_lora, keep_adapter_input_dtype
 
@@ -165,10 +166,12 @@ def _saved_bytes(forward) -> tuple[torch.Tensor, int]:
     return out, sum(storages.values())
 
 
-def test_lean_dropout_has_dropouts_distribution_and_keeps_a_byte_mask() -> None:
+@pytest.mark.parametrize("vectorized_bernoulli", [True, False])  # both ways of drawing, on any CPU
+def test_lean_dropout_has_dropouts_distribution_and_keeps_a_byte_mask(monkeypatch, vectorized_bernoulli) -> None:
+    monkeypatch.setattr(tunebook.activations, "_VECTORIZED_BERNOULLI", vectorized_bernoulli)
     p, rows, cols = 0.1, 1000, 400
     stock, lean = torch.nn.Dropout(p), torch.nn.Dropout(p)
-    assert use_lean_dropout(lean, verbose=False) == 1
+    assert use_lean_dropout(lean, verbose=False) == 1 and isinstance(lean, LeanDropout)
     x = torch.randn(rows, cols, requires_grad=True)
     torch.manual_seed(0)
     out, saved = _saved_bytes(lambda: lean(x))
@@ -184,8 +187,20 @@ def test_lean_dropout_has_dropouts_distribution_and_keeps_a_byte_mask() -> None:
     torch.manual_seed(0)
     assert torch.equal(lean(x) != 0, kept)  # seeded: the same mask again
     assert not torch.equal(lean(x) != 0, kept)  # and a new one on the next call
+    half, half_saved = _saved_bytes(lambda: lean(x.detach().bfloat16().requires_grad_(True)))
+    assert half.dtype == torch.bfloat16 and half_saved == rows * cols  # bf16 in, bf16 out, the same 1-byte mask
     lean.eval()
     assert torch.equal(lean(x), x)  # evaluation: no dropout
+    restored = pickle.loads(pickle.dumps(lean))  # torch.save(model) and spawned workers pickle modules
+    assert type(restored) is LeanDropout and restored.p == p
+
+
+def test_lean_dropout_leaves_other_dropouts_alone() -> None:
+    model = torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.Dropout(1.0), torch.nn.Dropout(0.1, inplace=True),
+                                torch.nn.Dropout1d(0.1), torch.nn.AlphaDropout(0.1), torch.nn.Dropout(0.2))
+    assert use_lean_dropout(model, verbose=False) == 1
+    assert [type(m).__name__ for m in model] == ["Dropout", "Dropout", "Dropout", "Dropout1d", "AlphaDropout",
+                                                 "LeanDropout"]
 
 
 def test_lean_dropout_in_a_lora_encoder_is_checkpoint_safe(tiny_bert) -> None:
@@ -199,6 +214,7 @@ def test_lean_dropout_in_a_lora_encoder_is_checkpoint_safe(tiny_bert) -> None:
                            task="sequence-classification", gradient_checkpointing=checkpointing, verbose=False)
         dropouts = [m for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0]
         assert use_lean_dropout(model, verbose=False) == len(dropouts) > 2 * 6  # 6 adapted layers a block
+        assert all(type(m) is LeanDropout for m in dropouts)
         model.train()
         layer_dropout = model.base_model.model.bert.encoder.layer[0].output.dropout
         calls = []

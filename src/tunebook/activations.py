@@ -30,16 +30,17 @@ calls ``model.loss_function``), so DDP, FSDP and DeepSpeed see an ordinary forwa
 fused linear + cross-entropy kernels (Liger's), the logits are still formed once, in the
 compute dtype: no recomputation of the LM head's matmul.
 
-Dropout is the fourth, on a CPU: ``F.dropout`` there draws its mask with ``bernoulli_`` and keeps
-it as a tensor of the input's dtype (4 bytes a value in fp32), where CUDA's fused kernel keeps one
-byte. On MiniLM-L6 with LoRA (dropout 0.1 in the encoder and the adapters), one training step
-drew 56 masks and ``bernoulli_`` alone took 23-25 % of the step. `use_lean_dropout` gives every
-``nn.Dropout`` module, when training on a CPU, a mask of one byte a value drawn from 31-bit random
-integers (2x faster than ``bernoulli_``): the same distribution (a value is kept with
-probability 1 - p, to 2^-31, and scaled by 1 / (1 - p)), but not the same random draws as
-``F.dropout``, so a run with dropout moves within its noise. CUDA, evaluation and p = 0 keep
-PyTorch's own, and so does dropout that is not a module call (BERT's attention dropout, applied
-inside SDPA).
+Dropout is the fourth, on a CPU: ``F.dropout`` there keeps its mask as a tensor of the input's
+dtype (4 bytes a value in fp32), where CUDA's fused kernel keeps one byte, and draws it with
+``bernoulli_``, which outside Intel CPUs (where PyTorch uses MKL's vectorized generator) is a
+serial loop: on MiniLM-L6 with LoRA (dropout 0.1 in the encoder and the adapters) on an AMD EPYC,
+one training step drew 56 masks and ``bernoulli_`` took 23-25 % of the step. `use_lean_dropout`
+makes every ``nn.Dropout`` module a `LeanDropout`: training on a CPU, it keeps a bool mask (one
+byte a value), drawn by ``bernoulli_`` on Intel and from 31-bit random integers elsewhere (2x
+faster there). The same distribution (a value is kept with probability 1 - p and scaled by
+1 / (1 - p)), not the same random draws as ``F.dropout``: a run with dropout moves within its
+noise. On a GPU, in evaluation, and for dropout that is no ``nn.Dropout`` call (BERT's attention
+dropout, applied inside SDPA) PyTorch's own runs.
 
 Only modules that compute exactly Llama's RMSNorm and SiLU-gated MLP are changed (their forward's
 source must equal ``LlamaRMSNorm.forward`` / ``LlamaMLP.forward``: Llama, Mistral, Qwen2,
@@ -58,6 +59,7 @@ from transformers.activations import SiLUActivation
 from transformers.loss.loss_utils import LOSS_MAPPING
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
+from .environment import cpu_vendor
 from .log import get_logger
 
 logger = get_logger()
@@ -163,13 +165,26 @@ def chunked_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor | None, vo
     return total / num_items_in_batch
 
 
+# PyTorch's CPU bernoulli_ draws with MKL's vectorized, multi-threaded generator on Intel CPUs and
+# in a serial loop elsewhere, where drawing 31-bit integers (random_ on int32) is 2x faster.
+_VECTORIZED_BERNOULLI = torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel"
+
+
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """A bool tensor, True with probability 1 - p."""
+    if _VECTORIZED_BERNOULLI:
+        return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1 - p)
+    # random_ on int32 is uniform over [0, 2^31): below round(p * 2^31) with probability p (to 2^-31).
+    dropped_below = min(round(p * 2**31), 2**31 - 1)
+    return torch.empty(shape, dtype=torch.int32, device=device).random_() >= dropped_below
+
+
 class _ByteMaskDropout(torch.autograd.Function):
     """Inverted dropout with p in (0, 1) that keeps a bool mask (1 byte a value) for backward."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        # random_() on int32 is uniform over [0, 2^31): below round(p * 2^31) with probability p.
-        keep = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_() >= round(p * 2**31)
+        keep = _keep_mask(x.shape, p, x.device)
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
         return x.mul(keep).mul_(ctx.scale)
@@ -180,10 +195,13 @@ class _ByteMaskDropout(torch.autograd.Function):
         return grad.mul(keep).mul_(ctx.scale), None
 
 
-def _lean_dropout_forward(self: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:
-    if self.training and 0 < self.p < 1 and x.device.type == "cpu" and not self.inplace:
-        return _ByteMaskDropout.apply(x, self.p)
-    return F.dropout(x, self.p, self.training, self.inplace)  # nn.Dropout's own forward
+class LeanDropout(torch.nn.Dropout):
+    """``nn.Dropout`` that keeps a 1-byte mask when training on a CPU (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.device.type == "cpu":
+            return _ByteMaskDropout.apply(x, self.p)
+        return super().forward(x)
 
 
 def _rmsnorm_forward(self: torch.nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -232,18 +250,18 @@ def use_lean_activations(model: torch.nn.Module, verbose: bool = True) -> dict[s
 
 
 def use_lean_dropout(model: torch.nn.Module, verbose: bool = True) -> int:
-    """Give every ``nn.Dropout`` with p > 0 (the model's and LoRA's) the 1-byte-mask forward on a CPU.
+    """Make every ``nn.Dropout`` with 0 < p < 1 (the model's and LoRA's) a `LeanDropout`; returns how many.
 
-    Call it once the adapters exist (their dropout modules are created with them). Changes the
-    modules' ``forward`` in place and returns how many were changed.
+    Call it once the adapters exist (their dropout modules are created with them). Only the class
+    changes (p and the weights stay), so the model still pickles, saves and merges as before.
     """
     changed = 0
     for module in model.modules():
-        if type(module) is torch.nn.Dropout and module.p > 0:
-            module.forward = types.MethodType(_lean_dropout_forward, module)
+        if type(module) is torch.nn.Dropout and 0 < module.p < 1 and not module.inplace:
+            module.__class__ = LeanDropout
             changed += 1
     if verbose and changed:
-        logger.info(f"activations: {changed} nn.Dropout modules keep a 1-byte mask when training on a CPU (F.dropout "
-                    "keeps one of the input's dtype) and draw it 2x faster: the same distribution, other random "
+        logger.info(f"activations: {changed} nn.Dropout modules made LeanDropout: training on a CPU, each keeps a "
+                    "1-byte mask (F.dropout keeps one of the input's dtype); the same distribution, other random "
                     "draws (tunebook.activations)")
     return changed

@@ -39,27 +39,31 @@ class Decision(Generic[T]):
         return f"{self.label or self.value}: {self.reason}"
 
 
-def cpu_flags() -> set[str]:
-    """Feature flags of this CPU (empty where /proc/cpuinfo does not exist, e.g. macOS)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first CPU's `field` in /proc/cpuinfo (None where the file does not exist, e.g. macOS)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                name, _, value = line.partition(":")
+                if name.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """Feature flags of this CPU (empty where /proc/cpuinfo does not exist)."""
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    """``GenuineIntel``, ``AuthenticAMD``, ... ('' where /proc/cpuinfo does not exist)."""
+    return _cpuinfo("vendor_id") or ""
 
 
 def choose_device() -> Decision[str]:

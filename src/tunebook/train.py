@@ -248,7 +248,8 @@ def build_model(config: RunConfig, decisions: Decisions, labels: list[str] | Non
     checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing, count_parameters(model)[1])
     logger.info(str(checkpointing))
     model = apply_lora(model, config.lora, config.model.task, checkpointing.value, verbose=is_main_process())
-    use_lean_dropout(model, verbose=is_main_process())  # after apply_lora: LoRA's dropout modules come with it
+    if decisions.device.value == "cpu":  # after apply_lora: LoRA's dropout modules come with it
+        use_lean_dropout(model, verbose=is_main_process())
     if decisions.precision.value != "fp32":  # the Trainer runs the step under autocast
         keep_adapter_input_dtype(model)
     return model
