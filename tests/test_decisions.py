@@ -1,7 +1,8 @@
 """Each decision tunebook makes for a run, tested at its threshold and for every branch.
 
-Gradient checkpointing (by parameter count), precision (by device and CPU flags), optimizer (by
-quantization and device), device (by CUDA), and the divergence guard (by how far the loss rose).
+Gradient checkpointing (by parameter count and by the longest batch's estimated memory), precision
+(by device and CPU flags), optimizer (by quantization and device), device (by CUDA), and the
+divergence guard (by how far the loss rose).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tunebook import environment
 from tunebook.config import RunConfig, apply_overrides
 from tunebook.environment import choose_device, choose_precision, precision_dtype
 from tunebook.errors import ConfigError
+from tunebook.memory import StepFit
 from tunebook.train import (
     CHECKPOINTING_MIN_PARAMETERS,
     choose_gradient_checkpointing,
@@ -57,6 +59,101 @@ def test_explicit_checkpointing_wins_over_size(setting: bool, parameters: int) -
     assert decision.value is setting
     assert decision.reason == "asked for in the config (train.gradient_checkpointing)"
     assert decision.label == f"gradient checkpointing {'on' if setting else 'off'}"
+
+
+def _fit(without_gib: float, available_gib: float) -> StepFit:
+    gib = 1024**3
+    return StepFit(8, 488, int(without_gib * gib), int(without_gib * gib / 3), int(available_gib * gib), "MemAvailable")
+
+
+@pytest.mark.parametrize("without_gib, available_gib, on", [
+    (6.0, 24.0, False),  # SmolLM2's instruction batch in fp32 on this 24 GiB machine
+    (6.0, 8.0, False),  # exactly 75 %
+    (6.1, 8.0, True),  # an 8 GB laptop
+    (0.3, 0.1, True),
+])
+def test_auto_checkpointing_when_the_longest_batch_would_not_fit(without_gib, available_gib, on) -> None:
+    decision = choose_gradient_checkpointing("auto", 135_000_000, _fit(without_gib, available_gib))
+    assert decision.value is on
+    assert f"the longest batch (8 x 488 tokens) is estimated to need {without_gib:.1f} GiB beyond the weights" \
+        in decision.reason
+    assert f"{available_gib:.1f} GiB free (MemAvailable)" in decision.reason
+    assert ("more than 75%" in decision.reason) is on
+    if on:
+        assert f"with it {without_gib / 3:.1f} GiB" in decision.reason
+
+
+def test_size_and_the_config_still_decide_over_memory() -> None:
+    assert choose_gradient_checkpointing("auto", 7_000_000_000, _fit(0.1, 100.0)).value is True
+    assert choose_gradient_checkpointing(False, 135_000_000, _fit(10.0, 1.0)).value is False
+
+
+def test_build_model_checkpoints_when_memory_is_short(smollm_tokenizer, monkeypatch, capsys) -> None:
+    """The run's longest example is weighed against free memory: a tiny model, a tiny 'free' figure."""
+    import copy
+
+    from conftest import make_tiny_llama
+
+    from tunebook import train
+
+    base = make_tiny_llama(len(smollm_tokenizer))
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: copy.deepcopy(base))
+    config = RunConfig()
+    decisions = train.Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
+    for free, on in ((2**20, True), (2**40, False)):
+        monkeypatch.setattr(train, "available_memory", lambda device, free=free: (free, "MemAvailable"))
+        model = train.build_model(config, decisions, None, longest_example=250)
+        assert model.base_model.model.is_gradient_checkpointing is on
+        out = capsys.readouterr().out
+        assert f"gradient checkpointing {'on' if on else 'off'}: " in out
+        assert "the longest batch (8 x 256 tokens)" in out  # 250 tokens padded to a multiple of 8
+    monkeypatch.setattr(train, "available_memory", lambda device: (2**20, "MemAvailable"))
+    assert not train.build_model(config, decisions, None).base_model.model.is_gradient_checkpointing  # no lengths
+
+
+def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path, monkeypatch) -> None:
+    """MemAvailable, lowered to the tightest cgroup (limit - usage) from the process's group up."""
+    proc = {"/proc/meminfo": "MemTotal:       32000000 kB\nMemAvailable:   20000000 kB\n",
+            "/proc/self/cgroup": "4:memory:/jobs/run1\n0::/\n"}
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if str(path) in proc:
+            (tmp_path / "proc").write_text(proc[str(path)])
+            return real_open(tmp_path / "proc", *args, **kwargs)
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    v1, v2 = tmp_path / "memory", tmp_path / "unified"
+    monkeypatch.setattr(environment, "_CGROUP_MEMORY_FILES", {
+        "v2": (str(v2), "memory.max", "memory.current"),
+        "v1": (str(v1), "memory.limit_in_bytes", "memory.usage_in_bytes")})
+    gib = 1024**3
+
+    def group(folder, limit, usage):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "memory.limit_in_bytes").write_text(f"{limit}\n")
+        (folder / "memory.usage_in_bytes").write_text(f"{usage}\n")
+
+    group(v1, 2**63 - 4096, 5 * gib)  # the root: no limit
+    group(v1 / "jobs", 12 * gib, 5 * gib)  # the parent: 7 GiB left
+    group(v1 / "jobs" / "run1", 2**63 - 4096, 1 * gib)  # the process's own group: no limit of its own
+    v2.mkdir()
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "memory.current").write_text(f"{gib}\n")
+    monkeypatch.setattr("builtins.open", fake_open)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert environment.available_memory("cpu") == (7 * gib, "the cgroup's memory limit")
+    group(v1 / "jobs", 40 * gib, 5 * gib)  # a limit above MemAvailable does not count
+    assert environment.available_memory("cpu") == (20000000 * 1024, "MemAvailable")
+    proc["/proc/self/cgroup"] = "4:memory:/docker/abc\n"  # Docker mounts its own group as the root
+    (v1 / "memory.limit_in_bytes").write_text(f"{6 * gib}\n")
+    assert environment.available_memory("cpu") == (1 * gib, "the cgroup's memory limit")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert environment.available_memory("cpu") == (gib // 2, "the cgroup's memory limit, shared by 2 processes")
+    del proc["/proc/meminfo"]  # macOS
+    assert environment.available_memory("cpu") is None
 
 
 # ---------------------------------------------------------------- optimizer

@@ -22,6 +22,7 @@ from tunebook.memory import (
     estimate_memory,
     format_table,
     gpu_fit_table,
+    longest_step_fit,
     shape_from_config,
     shape_from_name,
 )
@@ -294,3 +295,34 @@ def test_explicit_head_dim_and_bert_heads() -> None:
     assert (bert.num_attention_heads, bert.num_kv_heads, bert.architecture) == (4, 4, "bert")
     assert estimate_memory(bert, "lora", batch_size=2, seq_len=8, device="cpu").activations == 2 * 8 * 2 * (
         20 * 32 + 8 * 48 + 4 * 32)
+
+
+def test_encoder_classifiers_have_no_vocabulary_logits() -> None:
+    """tunebook trains encoders with a classification head: no s x b x vocab term (decoders keep it)."""
+    bert = shape_from_name("minilm-l6")
+    assert bert.architecture == "bert"
+    for inference in (False, True):
+        assert estimate_memory(bert, "lora", batch_size=16, seq_len=128, inference=inference).logits == 0
+    llama = shape_from_config(tiny_llama_config(tied=True))
+    assert estimate_memory(llama, "lora", batch_size=2, seq_len=8).logits == 2 * 8 * 97 * 2 * 2
+
+
+@pytest.mark.parametrize("value_bytes", [2, 4])
+def test_lora_dropout_keeps_a_copy_in_the_activation_dtype_and_a_1_byte_mask(value_bytes: int) -> None:
+    shape = shape_from_config(tiny_llama_config(tied=False))
+    kwargs = dict(batch_size=2, seq_len=8, activation_dtype_bytes=value_bytes)
+    added = (estimate_memory(shape, "lora", lora_dropout=0.1, **kwargs).activations
+             - estimate_memory(shape, "lora", **kwargs).activations)
+    adapted_inputs = sum(d_in * n for _, d_in, _d_out, n in shape.adapted_layers())
+    assert added == 2 * 8 * adapted_inputs * (value_bytes + 1)
+
+
+def test_longest_step_fit_leaves_out_the_loaded_weights() -> None:
+    shape = shape_from_name("smollm2-135m-instruct")
+    kwargs = dict(weight_dtype_bytes=4, activation_dtype_bytes=4, device="cpu")
+    fit = longest_step_fit(shape, "lora", 8, 488, (8 * GiB, "MemAvailable"), **kwargs)
+    for checkpointing, added in ((False, fit.without_checkpointing), (True, fit.with_checkpointing)):
+        est = estimate_memory(shape, "lora", batch_size=8, seq_len=488, gradient_checkpointing=checkpointing, **kwargs)
+        assert added == est.total - est.weights
+    assert fit.with_checkpointing < fit.without_checkpointing / 2  # 30 layers of activations -> their inputs
+    assert (fit.rows, fit.width, fit.available, fit.source) == (8, 488, 8 * GiB, "MemAvailable")

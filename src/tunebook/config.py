@@ -115,7 +115,8 @@ class TrainConfig:
     # "auto" picks bf16 where the device supports it, else fp16 on CUDA, else fp32 (printed).
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # Trades ~30% more compute for much less activation memory; needed for 7B models on one GPU.
-    # "auto": on for 7B-class models (>= 5B parameters), off below; the decision is printed.
+    # "auto": on for 7B-class models (>= 5B parameters), and for smaller ones when the longest batch's
+    # estimated step needs more than 75% of the free memory (tunebook.memory); printed with the figures.
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     # Batches similar lengths together so that dynamic padding wastes little compute.
     group_by_length: bool = True

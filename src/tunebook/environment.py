@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import torch
@@ -64,6 +65,73 @@ def cpu_name() -> str:
 def cpu_vendor() -> str:
     """``GenuineIntel``, ``AuthenticAMD``, ... ('' where /proc/cpuinfo does not exist)."""
     return _cpuinfo("vendor_id") or ""
+
+
+def _read_int(path: str, field: str | None = None) -> int | None:
+    """An integer from a /proc or /sys file: the whole file, or the line `field:` (None if absent)."""
+    try:
+        with open(path) as f:
+            text = f.read() if field is None else next((line.split(":", 1)[1] for line in f
+                                                        if line.split(":", 1)[0] == field), "")
+    except OSError:
+        return None
+    words = text.split()
+    return int(words[0]) if words and words[0].isdigit() else None
+
+
+# Where cgroup v2 (one unified hierarchy) and v1 (a "memory" hierarchy) keep a group's limit and usage.
+_CGROUP_MEMORY_FILES = {"v2": ("/sys/fs/cgroup", "memory.max", "memory.current"),
+                        "v1": ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes")}
+
+
+def _cgroup_headroom() -> int | None:
+    """The tightest (limit - usage) from this process's memory cgroup up to the root; None: no limit found.
+
+    The group comes from /proc/self/cgroup; a container that mounts its own group as the root
+    (Docker) has no such path under the mount, so only the mount's root is read there.
+    """
+    try:
+        with open("/proc/self/cgroup") as f:
+            entries = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    headroom = None
+    for entry in entries:
+        if len(entry) != 3 or not (entry[1] == "" or "memory" in entry[1].split(",")):
+            continue
+        root, limit_name, usage_name = _CGROUP_MEMORY_FILES["v2" if entry[1] == "" else "v1"]
+        group = Path(root + entry[2])
+        for folder in (group, *group.parents):  # up to the root; a missing folder reads as no limit
+            limit, usage = _read_int(f"{folder}/{limit_name}"), _read_int(f"{folder}/{usage_name}")
+            if limit is not None and usage is not None:  # v2's "max" (no limit) reads as None
+                headroom = limit - usage if headroom is None else min(headroom, limit - usage)
+            if str(folder) == root:
+                break
+    return None if headroom is None else max(headroom, 0)
+
+
+def available_memory(device: str) -> tuple[int, str] | None:
+    """Bytes this process can still fill on `device`, and where the figure comes from (None: unknown).
+
+    CUDA: the free memory of this process's GPU. CPU: the kernel's MemAvailable (free memory plus page
+    cache it can drop), or, when tighter, the process's cgroup limit minus its usage (Docker,
+    Kubernetes and Colab set one; MemAvailable there describes the whole host). Processes launched
+    together on one machine (LOCAL_WORLD_SIZE, set by torchrun and accelerate) share the CPU's RAM.
+    """
+    if device == "cuda":
+        free, _total = torch.cuda.mem_get_info()
+        return free, f"free on {torch.cuda.get_device_name()}"
+    kib = _read_int("/proc/meminfo", "MemAvailable")
+    if kib is None:
+        return None
+    available, source = kib * 1024, "MemAvailable"
+    headroom = _cgroup_headroom()
+    if headroom is not None and headroom < available:
+        available, source = headroom, "the cgroup's memory limit"
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if processes > 1:
+        available, source = available // processes, f"{source}, shared by {processes} processes"
+    return available, source
 
 
 def choose_device() -> Decision[str]:

@@ -56,13 +56,13 @@ ADAPTER_BYTES = 4
 # autocast, batch 8 x 440 tokens): autograd saved 2,835 MB, of which the trained positions'
 # fp32 log-softmax is 312 MB; the formula's activations give 2,475 MB (-2% against the 2,523 MB
 # left). LoRA dropout keeps a dropped-out 16-bit copy and a 1-byte mask of every adapted input:
-# measured +1,458 MB at that shape (dropout 0.05), the formula's DROPOUT_BYTES term gives 1,508 MB.
+# measured +1,458 MB at that shape (dropout 0.05), the formula's dropout term gives 1,508 MB.
 ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE, ACT_PER_KV = 20, 8, 4
 # tunebook trains Llama-style decoders with tunebook.activations: each RMSNorm keeps its 16-bit
 # input instead of an fp32 copy (20·h -> 16·h) and SwiGLU does not keep silu(gate) (8·i -> 6·i).
 # Measured at SmolLM2 batch 8 x 470: 2,636 -> 2,057 MiB saved by the 30 layers; formula 2,066 MiB.
 LEAN_ACT_PER_HIDDEN, LEAN_ACT_PER_INTERMEDIATE = 16, 6
-DROPOUT_BYTES = 3  # per element of every adapted layer's input: 16-bit output + bool mask
+DROPOUT_MASK_BYTES = 1  # per element of every adapted layer's input, beside its dropped-out copy (bool mask)
 # Eager attention also keeps the s x s score and softmax tensors: measured 6·a·s²·b bytes
 # (Korthikanti: 5). SDPA/flash attention recomputes them in backward, so the term is 0 there.
 EAGER_SCORES_BYTES = 6
@@ -73,6 +73,8 @@ EAGER_SCORES_BYTES = 6
 # every position, an upper bound: tunebook forms logits only from the first trained position on.
 # For small models with big vocabularies (SmolLM2: 49k x 576) this is often the biggest tensor.
 LOGITS_TRAIN_VALUES, LOGITS_INFER_BYTES = 2, 4
+# Encoders (BERT, RoBERTa) are trained here with a classification head: num_labels logits a row, no
+# vocabulary-sized term.
 # CUDA context (~0.5 GiB), cuBLAS workspaces and caching-allocator slack. A CPU process has no
 # context to pay for; the interpreter and libraries (~0.5 GiB RSS) are not counted either, so
 # compare against RSS *growth* on CPU.
@@ -136,11 +138,13 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
     weights give the classic mixed-precision 4+4+8 = 16 bytes/param.
     activation_dtype_bytes: 2 under bf16/fp16 compute; 4 is an fp32 upper bound (fp32 weights with
     bf16 autocast measured ~1.75x the 16-bit figure).
-    lora_dropout: above 0, each adapted layer's input is also kept dropped out, with its mask.
+    lora_dropout: above 0, each adapted layer's input is also kept dropped out, with a 1-byte mask (CUDA's
+    fused dropout, and tunebook.activations.LeanDropout on a CPU).
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; use one of {METHODS}.")
     s, b, n = seq_len, batch_size, shape.num_parameters
+    vocab = 0 if shape.architecture == "bert" else shape.vocab_size  # logits over the vocabulary: decoders only
     quantized = shape.quantizable_parameters if method in ("qlora-4bit", "lora-8bit") else 0
     rest = max(n - quantized, 0)  # embeddings, lm_head, norms, biases (all of it when unquantized)
     weights = rest * weight_dtype_bytes
@@ -164,14 +168,14 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
         per_layer += EAGER_SCORES_BYTES * shape.num_attention_heads * s * s * b
     if lora_dropout > 0 and method != "full" and not inference:
         adapted_inputs = sum(d_in for _, d_in, _d_out, _n in shape.adapted_layers())
-        per_layer += s * b * adapted_inputs * DROPOUT_BYTES
+        per_layer += s * b * adapted_inputs * (activation_dtype_bytes + DROPOUT_MASK_BYTES)
     if inference:
         # No backward: activations live one layer at a time; the KV cache keeps k and v of every layer.
         # Logits for all s positions, as an evaluation forward makes them; generate() only keeps the
         # last position's, so this term is an upper bound there.
         kv_cache = 2 * shape.num_layers * shape.kv_dim * s * b * activation_dtype_bytes
         return MemoryEstimate(method, int(weights), adapter, 0, 0, per_layer,
-                              s * b * shape.vocab_size * LOGITS_INFER_BYTES, kv_cache, overhead)
+                              s * b * vocab * LOGITS_INFER_BYTES, kv_cache, overhead)
     if gradient_checkpointing:
         # Keep only each layer's input; backward recomputes one layer at a time on top of them.
         activations = shape.num_layers * s * b * shape.hidden_size * activation_dtype_bytes + per_layer
@@ -185,9 +189,32 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
         method, int(weights), adapter,
         gradients=trainable * trainable_bytes,
         optimizer_state=int(trainable * _optimizer_bytes_per_param(optimizer, trainable_bytes)),
-        activations=activations, logits=s * b * shape.vocab_size * LOGITS_TRAIN_VALUES * activation_dtype_bytes,
+        activations=activations, logits=s * b * vocab * LOGITS_TRAIN_VALUES * activation_dtype_bytes,
         kv_cache=0, overhead=overhead,
     )
+
+
+@dataclass(frozen=True)
+class StepFit:
+    """A training step on its longest batch, estimated with and without gradient checkpointing, against
+    the memory free once the weights are loaded (what train.gradient_checkpointing: auto weighs)."""
+
+    rows: int
+    width: int  # padded tokens a row
+    without_checkpointing: int  # bytes the step adds to the loaded weights
+    with_checkpointing: int
+    available: int
+    source: str  # where `available` was read
+
+
+def longest_step_fit(shape: ModelShape, method: Method, rows: int, width: int, available: tuple[int, str],
+                     **estimate_kwargs) -> StepFit:
+    """Estimate the longest batch's step both ways; the weights are already resident, so they are left out."""
+    def added(checkpointing: bool) -> int:
+        est = estimate_memory(shape, method, batch_size=rows, seq_len=width,
+                              gradient_checkpointing=checkpointing, **estimate_kwargs)
+        return est.total - est.weights
+    return StepFit(rows, width, added(False), added(True), *available)
 
 
 def gpu_fit_table(model_names: tuple[str, ...] = ("1b", "7b", "13b", "70b"),

@@ -34,17 +34,20 @@ from .activations import use_lean_activations, use_lean_dropout
 from .config import RunConfig
 from .environment import (
     Decision,
+    available_memory,
     choose_device,
     choose_precision,
     environment_report,
     precision_dtype,
     return_freed_tensors_to_os,
+    sharded_training,
 )
 from .errors import ConfigError, RunFolderError
 from .files import write_failure, write_json
 from .formatting import accepts_logits_to_keep, completion_collator
 from .log import get_logger, is_main_process
 from .lora import apply_lora, count_parameters, keep_adapter_input_dtype
+from .memory import StepFit, longest_step_fit, shape_from_config
 from .models import load_model, load_tokenizer
 from .plots import plot_length_histogram, plot_loss_curve
 from .prepare import Prepared, prepare_tokenized
@@ -92,8 +95,16 @@ def choose_optimizer(config: RunConfig, device: str) -> Decision[str]:
 CHECKPOINTING_MIN_PARAMETERS = 5e9
 
 
-def choose_gradient_checkpointing(setting: bool | str, num_parameters: int) -> Decision[bool]:
-    """Gradient checkpointing on or off; "auto" turns it on for 7B-class models and larger."""
+# The estimate counts tensors; on a CPU the resident set measured up to ~1.2x it (allocator slack,
+# backward's transients: benchmarks/README.md), so a step estimated above three quarters of the free
+# memory is too close to run without checkpointing.
+CHECKPOINTING_MEMORY_SHARE = 0.75
+
+
+def choose_gradient_checkpointing(setting: bool | str, num_parameters: int,
+                                  fit: StepFit | None = None) -> Decision[bool]:
+    """Gradient checkpointing on or off. "auto" turns it on for 7B-class models, and for any model
+    whose longest batch is estimated (`fit`) to need more than CHECKPOINTING_MEMORY_SHARE of the free memory."""
     if setting != "auto":
         return Decision(bool(setting), "asked for in the config (train.gradient_checkpointing)",
                         f"gradient checkpointing {'on' if setting else 'off'}")
@@ -102,9 +113,39 @@ def choose_gradient_checkpointing(setting: bool | str, num_parameters: int) -> D
         return Decision(True, f"{size} (7B-class): activations saved for backward rival the weights "
                               "(Llama-3-8B, 2,048 tokens: 12.3 GiB without, 0.9 GiB with); ~30% more compute",
                         "gradient checkpointing on")
-    return Decision(False, f"{size}, under {CHECKPOINTING_MIN_PARAMETERS / 1e9:.0f}B: it would add ~30% compute "
-                           "(set train.gradient_checkpointing: true for very long sequences)",
+    if fit is None:
+        return Decision(False, f"{size}, under {CHECKPOINTING_MIN_PARAMETERS / 1e9:.0f}B: it would add ~30% "
+                               "compute (set train.gradient_checkpointing: true for very long sequences)",
+                        "gradient checkpointing off")
+    gib = 1024**3
+    need = (f"the longest batch ({fit.rows} x {fit.width} tokens) is estimated to need "
+            f"{fit.without_checkpointing / gib:.1f} GiB beyond the weights")
+    free = f"{fit.available / gib:.1f} GiB free ({fit.source})"
+    if fit.without_checkpointing > CHECKPOINTING_MEMORY_SHARE * fit.available:
+        return Decision(True, f"{need}, more than {CHECKPOINTING_MEMORY_SHARE:.0%} of the {free}; with it "
+                              f"{fit.with_checkpointing / gib:.1f} GiB, backward recomputing each layer's forward",
+                        "gradient checkpointing on")
+    return Decision(False, f"{size}; {need}, of the {free}: no need to recompute the forward in backward",
                     "gradient checkpointing off")
+
+
+def longest_step_memory(config: RunConfig, decisions: Decisions, model: PreTrainedModel,
+                        longest_example: int) -> StepFit | None:
+    """The estimator's figure for this run's longest batch against free memory (None where it cannot say)."""
+    available = available_memory(decisions.device.value)
+    if available is None or sharded_training():  # sharded weights: the estimate's whole model per rank is wrong
+        return None
+    try:
+        shape = shape_from_config(model.config)
+    except ValueError:  # a model type the estimator has no shape for
+        return None
+    width = config.train.pad_to_length or -(-longest_example // 8) * 8  # the collators pad to a multiple of 8
+    value_bytes = precision_dtype(decisions.precision.value).itemsize
+    method = {None: "lora", "4bit": "qlora-4bit", "8bit": "lora-8bit"}[config.model.quantization]
+    return longest_step_fit(shape, method, config.train.per_device_batch_size, width, available,
+                            lora_r=config.lora.r, lora_dropout=config.lora.dropout, device=decisions.device.value,
+                            optimizer="adamw-8bit" if "8bit" in decisions.optimizer.value else "adamw",
+                            weight_dtype_bytes=value_bytes, activation_dtype_bytes=value_bytes)
 
 
 def choose_trained_positions_loss(model: torch.nn.Module, args: TrainingArguments) -> Decision[bool]:
@@ -236,8 +277,13 @@ def prepare_training_data(config: RunConfig, tokenizer: PreTrainedTokenizerBase)
     return prepared
 
 
-def build_model(config: RunConfig, decisions: Decisions, labels: list[str] | None) -> PreTrainedModel:
-    """The base model (quantized if asked) with LoRA adapters attached, ready to train."""
+def build_model(config: RunConfig, decisions: Decisions, labels: list[str] | None,
+                longest_example: int | None = None) -> PreTrainedModel:
+    """The base model (quantized if asked) with LoRA adapters attached, ready to train.
+
+    `longest_example` (tokens) lets train.gradient_checkpointing: auto weigh the longest batch's
+    estimated memory against what is free; without it only the model's size decides.
+    """
     # The seed is set *before* the adapter is created: LoRA's A matrices are random, so the same
     # seed gives the same initial adapter and the same loss curve.
     set_seed(config.train.seed)
@@ -245,7 +291,9 @@ def build_model(config: RunConfig, decisions: Decisions, labels: list[str] | Non
                        dtype=frozen_weight_dtype(decisions.precision.value), label_names=labels,
                        trust_remote_code=config.model.trust_remote_code)
     use_lean_activations(model, verbose=is_main_process())  # same forward and gradients, less kept for backward
-    checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing, count_parameters(model)[1])
+    fit = (longest_step_memory(config, decisions, model, longest_example)
+           if longest_example and config.train.gradient_checkpointing == "auto" else None)
+    checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing, count_parameters(model)[1], fit)
     logger.info(str(checkpointing))
     model = apply_lora(model, config.lora, config.model.task, checkpointing.value, verbose=is_main_process())
     if decisions.device.value == "cpu":  # after apply_lora: LoRA's dropout modules come with it
@@ -275,7 +323,7 @@ def run_training(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     args = training_arguments(config, run_dir, decisions.precision.value, decisions.optimizer.value,
                               has_eval=len(validation) > 0)
     reset_peak_memory(decisions.device.value)  # after the arguments pinned this rank's GPU; loading counts
-    model = build_model(config, decisions, prepared.labels)
+    model = build_model(config, decisions, prepared.labels, max(prepared.tokenized["train"]["length"], default=0))
     resume_from = start_run(config, resume, overwrite, is_main_process())
     try:
         return _train(config, run_dir, decisions, tokenizer, prepared, args, model, resume_from)
