@@ -163,6 +163,21 @@ def test_cli_estimate_prints_breakdown(capsys) -> None:
     assert "qlora-4bit:" in out and "weights" in out and "GiB" in out
 
 
+def test_cli_estimate_for_an_fp32_cpu_run_is_what_train_weighs(capsys) -> None:
+    """`--precision fp32 --device cpu`: the figures `train.gradient_checkpointing: auto` weighs on such a CPU."""
+    command = ["estimate", "--batch-size", "8", "--seq-len", "488", "--precision", "fp32", "--device", "cpu"]
+    assert cli.main(command) == 0
+    out = capsys.readouterr().out
+    assert "batch 8 x 488 tokens, gradient checkpointing off, fp32 on cpu" in out
+    shape = shape_from_name("smollm2-135m-instruct")
+    est = estimate_memory(shape, "lora", batch_size=8, seq_len=488, weight_dtype_bytes=4, activation_dtype_bytes=4,
+                          device="cpu")
+    assert f"lora: {est.total / GiB:.2f} GiB" in out
+    fit = longest_step_fit(shape, "lora", 8, 488, (0, ""), weight_dtype_bytes=4, activation_dtype_bytes=4,
+                           device="cpu")
+    assert est.total - est.weights == fit.without_checkpointing
+
+
 TOTAL_LINE = re.compile(r"#\s+([\w-]+): ([\d.]+) GiB =")  # "#   lora: 19.42 GiB = weights ..."
 CONFIGS_WITH_ESTIMATES = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml")
                                 if TOTAL_LINE.search(p.read_text()))

@@ -77,13 +77,15 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from .memory import estimate_memory, shape_from_name
 
     shape = shape_from_name(args.model)
+    value_bytes = 4 if args.precision == "fp32" else 2  # weights and activations, as tunebook.train stores them
     estimate = estimate_memory(shape, args.method, batch_size=args.batch_size, seq_len=args.seq_len,
                                gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r,
-                               lora_dropout=args.lora_dropout,
-                               inference=args.inference)
+                               lora_dropout=args.lora_dropout, inference=args.inference, device=args.device,
+                               weight_dtype_bytes=value_bytes, activation_dtype_bytes=value_bytes)
     what = "inference" if args.inference else "training"
     print(f"{args.model} ({shape.num_parameters / 1e9:.2f}B parameters), {what}, batch {args.batch_size} x "
-          f"{args.seq_len} tokens, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
+          f"{args.seq_len} tokens, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+          f"{args.precision} on {args.device}")
     print(estimate.breakdown())
     return 0
 
@@ -186,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-dropout", type=float, default=0.0,
                    help="LoRA dropout (above 0 keeps a copy of each adapted input)")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="what `train` picks: bf16 on recent GPUs and CPUs with avx512_bf16/AMX, fp32 on other CPUs")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cuda adds 1 GiB for the CUDA context; on cpu compare with the resident set's growth")
     p.add_argument("--inference", action="store_true", help="estimate generation instead of training")
     p.set_defaults(func=cmd_estimate)
     return parser
