@@ -75,17 +75,23 @@ def _fit(without_gib: float, available_gib: float) -> StepFit:
 def test_auto_checkpointing_when_the_longest_batch_would_not_fit(without_gib, available_gib, on) -> None:
     decision = choose_gradient_checkpointing("auto", 135_000_000, _fit(without_gib, available_gib))
     assert decision.value is on
-    assert f"the longest batch (8 x 488 tokens) is estimated to need {without_gib:.1f} GiB beyond the weights" \
-        in decision.reason
+    need = f"the longest batch (8 x 488 tokens) is estimated to need {without_gib:.1f} GiB beyond the loaded weights"
+    assert need in decision.reason
     assert f"{available_gib:.1f} GiB free (MemAvailable)" in decision.reason
     assert ("more than 75%" in decision.reason) is on
     if on:
         assert f"with it {without_gib / 3:.1f} GiB" in decision.reason
+        assert ("Even that is tight" in decision.reason) is (without_gib / 3 > 0.75 * available_gib)
+    else:
+        assert f"{without_gib / available_gib:.0%} of the" in decision.reason
+        assert "checkpointing from 75%" in decision.reason
 
 
 def test_size_and_the_config_still_decide_over_memory() -> None:
     assert choose_gradient_checkpointing("auto", 7_000_000_000, _fit(0.1, 100.0)).value is True
     assert choose_gradient_checkpointing(False, 135_000_000, _fit(10.0, 1.0)).value is False
+    unweighed = choose_gradient_checkpointing("auto", 135_000_000, None)
+    assert unweighed.value is False and "free memory not weighed" in unweighed.reason
 
 
 def test_build_model_checkpoints_when_memory_is_short(smollm_tokenizer, monkeypatch, capsys) -> None:
@@ -111,6 +117,66 @@ def test_build_model_checkpoints_when_memory_is_short(smollm_tokenizer, monkeypa
     assert not train.build_model(config, decisions, None).base_model.model.is_gradient_checkpointing  # no lengths
 
 
+def test_no_memory_figure_where_the_estimator_has_no_shape(monkeypatch) -> None:
+    """Model types and LoRA targets the estimator does not know leave 'auto' to the parameter count."""
+    from conftest import make_tiny_llama
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunebook import train
+
+    monkeypatch.setattr(train, "available_memory", lambda device: (2**30, "MemAvailable"))
+    config = RunConfig()
+    decisions = train.Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
+    llama = make_tiny_llama(100)
+    assert train.longest_batch_fit(config, decisions, llama, 100).width == 104
+    unknown_target = apply_overrides(config, {"lora.target_modules": ["c_attn"]})
+    assert train.longest_batch_fit(unknown_target, decisions, llama, 100) is None
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    assert train.longest_batch_fit(config, decisions, gpt2, 100) is None
+    monkeypatch.setattr(train, "available_memory", lambda device: None)  # e.g. macOS: no /proc/meminfo
+    assert train.longest_batch_fit(config, decisions, llama, 100) is None
+    monkeypatch.setattr(train, "available_memory", lambda device: (2**30, "MemAvailable"))
+    monkeypatch.setattr(train, "sharded_training", lambda: "fsdp")  # each rank holds a shard, not the model
+    assert train.longest_batch_fit(config, decisions, llama, 100) is None
+
+
+def test_longest_batch_fit_follows_the_run_config(monkeypatch) -> None:
+    """Padding, quantization, optimizer, dtype and task reach the estimate as `train` runs them."""
+    from conftest import make_tiny_llama
+
+    from tunebook import train
+    from tunebook.memory import estimate_memory, shape_from_config
+
+    monkeypatch.setattr(train, "available_memory", lambda device: (2**30, "MemAvailable"))
+    llama = make_tiny_llama(100)
+    shape = shape_from_config(llama.config)
+    for overrides, method, optimizer, value_bytes, width, vocab_logits in (
+            ({}, "lora", "adamw_torch", 4, 104, True),
+            ({"train.pad_to_length": 256}, "lora", "adamw_torch", 4, 256, True),
+            ({"model.quantization": "4bit"}, "qlora-4bit", "paged_adamw_8bit", 2, 104, True),
+            ({"model.quantization": "8bit"}, "lora-8bit", "adamw_torch", 2, 104, True),
+            ({"model.task": "sequence-classification", "data.recipe": "classification", "train.pad_to_length": 256},
+             "lora", "adamw_torch", 4, 104, False)):
+        config = apply_overrides(RunConfig(), {"lora.dropout": 0.1, **overrides})
+        precision = "fp32" if value_bytes == 4 else "bf16"
+        decisions = train.Decisions(environment.Decision("cpu", "test"), environment.Decision(precision, "test"),
+                                    environment.Decision(optimizer, "test"))
+        fit = train.longest_batch_fit(config, decisions, llama, 100)
+        expected = estimate_memory(shape, method, batch_size=8, seq_len=width, lora_dropout=0.1, device="cpu",
+                                   optimizer="adamw-8bit" if "8bit" in optimizer else "adamw",
+                                   weight_dtype_bytes=value_bytes, activation_dtype_bytes=value_bytes,
+                                   vocab_logits=vocab_logits)
+        assert (fit.rows, fit.width, fit.without_checkpointing) == (8, width, expected.beyond_loaded_weights), overrides
+
+
+def test_available_memory_on_a_gpu_counts_pytorchs_cached_blocks(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H100")
+    assert environment.available_memory("cuda") == (12 * 2**30, "free on NVIDIA H100")
+
+
 def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path, monkeypatch) -> None:
     """MemAvailable, lowered to the tightest cgroup (limit - usage) from the process's group up."""
     proc = {"/proc/meminfo": "MemTotal:       32000000 kB\nMemAvailable:   20000000 kB\n",
@@ -127,8 +193,8 @@ def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path, monkeypat
 
     v1, v2 = tmp_path / "memory", tmp_path / "unified"
     monkeypatch.setattr(environment, "_CGROUP_MEMORY_FILES", {
-        "v2": (str(v2), "memory.max", "memory.current"),
-        "v1": (str(v1), "memory.limit_in_bytes", "memory.usage_in_bytes")})
+        "v2": (str(v2), "memory.max", "memory.current", "inactive_file"),
+        "v1": (str(v1), "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")})
     gib = 1024**3
 
     def group(folder, limit, usage):
@@ -152,6 +218,15 @@ def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path, monkeypat
     assert environment.available_memory("cpu") == (1 * gib, "the cgroup's memory limit")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert environment.available_memory("cpu") == (gib // 2, "the cgroup's memory limit, shared by 2 processes")
+    proc["/proc/self/cgroup"] = "0::/job\n"  # cgroup v2, a numeric limit; the droppable page cache counts as free
+    (v2 / "job").mkdir()
+    (v2 / "job" / "memory.max").write_text(f"{4 * gib}\n")
+    (v2 / "job" / "memory.current").write_text(f"{3 * gib}\n")
+    (v2 / "job" / "memory.stat").write_text(f"anon {gib}\ninactive_file {2 * gib}\nactive_file 0\n")
+    assert environment.available_memory("cpu") == (3 * gib // 2, "the cgroup's memory limit, shared by 2 processes")
+    (v2 / "job" / "memory.current").write_text(f"{7 * gib}\n")  # over the limit (v1 allows it briefly)
+    (v2 / "job" / "memory.stat").write_text("inactive_file 0\n")
+    assert environment.available_memory("cpu") == (0, "the cgroup's memory limit, shared by 2 processes")
     del proc["/proc/meminfo"]  # macOS
     assert environment.available_memory("cpu") is None
 

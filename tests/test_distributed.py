@@ -183,6 +183,8 @@ def test_two_processes_print_once(two_process_run) -> None:
     assert output.count("[tunebook] data: ") == 1
     assert output.count("[tunebook] LoRA r=4") == 1
     assert output.count("[tunebook] gradient checkpointing off: ") == 1
+    # Both ranks weigh the same figure: the least free memory of the two (one all_reduce), RAM shared.
+    assert "shared by 2 processes; the least of 2 ranks" in output
     assert output.count(": loss ") == STEPS  # one train-loss line per logging step, not one per rank
     assert output.count(": eval loss ") == 1
 

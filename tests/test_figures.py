@@ -386,7 +386,8 @@ def test_one_step_run_saves_every_file_and_its_figures(tiny_model_dir, smollm_to
     assert metrics == json.loads(json.dumps(result.metrics))
     assert metrics["decisions"] == {
         "device": str(choose_device()), "precision": "fp32: asked for in the config (train.precision)",
-        "optimizer": "adamw_torch: AdamW; adapter optimizer state is small, nothing to page"}
+        "optimizer": "adamw_torch: AdamW; adapter optimizer state is small, nothing to page",
+        "gradient_checkpointing": "off"}
     assert metrics["global_step"] == 1 and [e["step"] for e in metrics["train_loss"]] == [1]
     assert [e["step"] for e in metrics["eval_loss"]] == [1] and metrics["final_eval_loss"] > 0
     (batch,) = metrics["batch_log"]

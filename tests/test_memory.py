@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 from peft import LoraConfig, get_peft_model
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoConfig, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from tunebook import cli
 from tunebook.activations import use_lean_activations
@@ -26,6 +26,7 @@ from tunebook.memory import (
     shape_from_config,
     shape_from_name,
 )
+from tunebook.models import resolve_model
 
 
 def tiny_llama_config(tied: bool, **overrides) -> LlamaConfig:
@@ -163,19 +164,26 @@ def test_cli_estimate_prints_breakdown(capsys) -> None:
     assert "qlora-4bit:" in out and "weights" in out and "GiB" in out
 
 
-def test_cli_estimate_for_an_fp32_cpu_run_is_what_train_weighs(capsys) -> None:
-    """`--precision fp32 --device cpu`: the figures `train.gradient_checkpointing: auto` weighs on such a CPU."""
+def test_cli_estimate_for_an_fp32_cpu_run_is_what_train_weighs(capsys, monkeypatch) -> None:
+    """`estimate --precision fp32 --device cpu` prints what `train` weighs for self-instruct.yaml on such a CPU."""
+    from types import SimpleNamespace
+
+    from tunebook import train
+    from tunebook.config import load_config
+    from tunebook.environment import Decision
+
     command = ["estimate", "--batch-size", "8", "--seq-len", "488", "--precision", "fp32", "--device", "cpu"]
     assert cli.main(command) == 0
     out = capsys.readouterr().out
     assert "batch 8 x 488 tokens, gradient checkpointing off, fp32 on cpu" in out
-    shape = shape_from_name("smollm2-135m-instruct")
-    est = estimate_memory(shape, "lora", batch_size=8, seq_len=488, weight_dtype_bytes=4, activation_dtype_bytes=4,
-                          device="cpu")
-    assert f"lora: {est.total / GiB:.2f} GiB" in out
-    fit = longest_step_fit(shape, "lora", 8, 488, (0, ""), weight_dtype_bytes=4, activation_dtype_bytes=4,
-                           device="cpu")
-    assert est.total - est.weights == fit.without_checkpointing
+    config = load_config(REPO_ROOT / "configs" / "smollm2-135m-instruct" / "self-instruct.yaml")
+    decisions = train.Decisions(Decision("cpu", ""), Decision("fp32", ""), Decision("adamw_torch", ""))
+    monkeypatch.setattr(train, "available_memory", lambda device: (8 * GiB, "MemAvailable"))
+    model = SimpleNamespace(config=AutoConfig.from_pretrained(resolve_model("smollm2-135m-instruct")))
+    fit = train.longest_batch_fit(config, decisions, model, 482)  # the data's longest example
+    assert (fit.rows, fit.width) == (8, 488)
+    assert f"beyond the loaded weights: {fit.without_checkpointing / GiB:.2f} GiB" in out
+    assert round(fit.without_checkpointing / GiB, 1) == 5.7  # the figure quoted in the configs and benchmarks
 
 
 TOTAL_LINE = re.compile(r"#\s+([\w-]+): ([\d.]+) GiB =")  # "#   lora: 19.42 GiB = weights ..."
@@ -341,3 +349,14 @@ def test_longest_step_fit_leaves_out_the_loaded_weights() -> None:
         assert added == est.total - est.weights
     assert fit.with_checkpointing < fit.without_checkpointing / 2  # 30 layers of activations -> their inputs
     assert (fit.rows, fit.width, fit.available, fit.source) == (8, 488, 8 * GiB, "MemAvailable")
+
+
+def test_estimate_counts_only_the_adapted_layers() -> None:
+    shape = shape_from_config(tiny_llama_config(tied=False))
+    kwargs = dict(batch_size=2, seq_len=8, lora_dropout=0.1)
+    everything = estimate_memory(shape, "lora", **kwargs)
+    two = estimate_memory(shape, "lora", target_modules=["q_proj", "v_proj"], **kwargs)
+    assert two.adapter == shape.lora_parameters(16, ["q_proj", "v_proj"]) * 4 < everything.adapter
+    assert two.activations < everything.activations  # fewer dropped-out inputs kept
+    with pytest.raises(UnknownTargetModule):
+        estimate_memory(shape, "lora", target_modules=["c_attn"])

@@ -87,6 +87,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
           f"{args.seq_len} tokens, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
           f"{args.precision} on {args.device}")
     print(estimate.breakdown())
+    if not args.inference:
+        print(f"  beyond the loaded weights{' and CUDA overhead' if args.device == 'cuda' else ''}: "
+              f"{estimate.beyond_loaded_weights / 2**30:.2f} GiB "
+              "(train.gradient_checkpointing: auto weighs this against the free memory)")
     return 0
 
 

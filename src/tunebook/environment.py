@@ -68,24 +68,32 @@ def cpu_vendor() -> str:
 
 
 def _read_int(path: str, field: str | None = None) -> int | None:
-    """An integer from a /proc or /sys file: the whole file, or the line `field:` (None if absent)."""
+    """An integer from a /proc or /sys file: its first word, or the line `field` names ("name: value"
+    in /proc/meminfo, "name value" in a cgroup's memory.stat). None where the file or field is absent."""
     try:
         with open(path) as f:
-            text = f.read() if field is None else next((line.split(":", 1)[1] for line in f
-                                                        if line.split(":", 1)[0] == field), "")
+            if field is None:
+                text = f.read()
+            else:
+                rows = (line.replace(":", " ", 1).partition(" ") for line in f)
+                text = next((value for name, _, value in rows if name == field), "")
     except OSError:
         return None
     words = text.split()
     return int(words[0]) if words and words[0].isdigit() else None
 
 
-# Where cgroup v2 (one unified hierarchy) and v1 (a "memory" hierarchy) keep a group's limit and usage.
-_CGROUP_MEMORY_FILES = {"v2": ("/sys/fs/cgroup", "memory.max", "memory.current"),
-                        "v1": ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes")}
+# Where cgroup v2 (one unified hierarchy) and v1 (a "memory" hierarchy) keep a group's limit, usage,
+# and, in memory.stat, the page cache the kernel would drop before it kills (counted in the usage).
+_CGROUP_MEMORY_FILES = {
+    "v2": ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+    "v1": ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+}
 
 
 def _cgroup_headroom() -> int | None:
-    """The tightest (limit - usage) from this process's memory cgroup up to the root; None: no limit found.
+    """The tightest (limit - usage + droppable cache) from this process's memory cgroup up to the root;
+    None: no limit found. The free figure Kubernetes' eviction uses ("working set"), for the same reason.
 
     The group comes from /proc/self/cgroup; a container that mounts its own group as the root
     (Docker) has no such path under the mount, so only the mount's root is read there.
@@ -99,12 +107,13 @@ def _cgroup_headroom() -> int | None:
     for entry in entries:
         if len(entry) != 3 or not (entry[1] == "" or "memory" in entry[1].split(",")):
             continue
-        root, limit_name, usage_name = _CGROUP_MEMORY_FILES["v2" if entry[1] == "" else "v1"]
+        root, limit_name, usage_name, cache_field = _CGROUP_MEMORY_FILES["v2" if entry[1] == "" else "v1"]
         group = Path(root + entry[2])
         for folder in (group, *group.parents):  # up to the root; a missing folder reads as no limit
             limit, usage = _read_int(f"{folder}/{limit_name}"), _read_int(f"{folder}/{usage_name}")
             if limit is not None and usage is not None:  # v2's "max" (no limit) reads as None
-                headroom = limit - usage if headroom is None else min(headroom, limit - usage)
+                left = limit - usage + (_read_int(f"{folder}/memory.stat", cache_field) or 0)
+                headroom = left if headroom is None else min(headroom, left)
             if str(folder) == root:
                 break
     return None if headroom is None else max(headroom, 0)
@@ -113,14 +122,16 @@ def _cgroup_headroom() -> int | None:
 def available_memory(device: str) -> tuple[int, str] | None:
     """Bytes this process can still fill on `device`, and where the figure comes from (None: unknown).
 
-    CUDA: the free memory of this process's GPU. CPU: the kernel's MemAvailable (free memory plus page
-    cache it can drop), or, when tighter, the process's cgroup limit minus its usage (Docker,
-    Kubernetes and Colab set one; MemAvailable there describes the whole host). Processes launched
-    together on one machine (LOCAL_WORLD_SIZE, set by torchrun and accelerate) share the CPU's RAM.
+    CUDA: the free memory of this process's GPU plus what PyTorch holds cached but unused. CPU: the
+    kernel's MemAvailable (free memory plus page cache it can drop), or, when tighter, the process's
+    cgroup limit minus its usage (Docker, Kubernetes and Colab set one; MemAvailable there describes
+    the whole host). Processes launched together on one machine (LOCAL_WORLD_SIZE, set by torchrun
+    and accelerate) share the CPU's RAM.
     """
     if device == "cuda":
         free, _total = torch.cuda.mem_get_info()
-        return free, f"free on {torch.cuda.get_device_name()}"
+        cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        return free + cached, f"free on {torch.cuda.get_device_name()}"
     kib = _read_int("/proc/meminfo", "MemAvailable")
     if kib is None:
         return None

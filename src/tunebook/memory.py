@@ -10,8 +10,10 @@ parameters, so weights dominate; QLoRA then shrinks the weights ~4x. For small m
 sequences the activations and the logits (s·b·vocab, fp32) take over, whatever the method.
 
 Every constant below says where it comes from. The tensors are predicted within ~15% (checked
-against the bytes autograd saves); a CPU process's peak RSS measured ~2x the estimate (allocator
-slack, transients, loading; benchmarks/README.md), GPU peaks are not yet measured here.
+against the bytes autograd saves). Where the step sets the peak (long batches), a CPU process's
+resident set grew by 0.99-1.12x the estimate since the chunked loss and the host allocator setting
+(~2x before; benchmarks/README.md); at short batches loading sets the peak instead. GPU peaks are
+not yet measured here.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ EAGER_SCORES_BYTES = 6
 # every position, an upper bound: tunebook forms logits only from the first trained position on.
 # For small models with big vocabularies (SmolLM2: 49k x 576) this is often the biggest tensor.
 LOGITS_TRAIN_VALUES, LOGITS_INFER_BYTES = 2, 4
-# Encoders (BERT, RoBERTa) are trained here with a classification head: num_labels logits a row, no
-# vocabulary-sized term.
+# A classification head (tunebook's encoders, or a decoder with task sequence-classification) makes
+# num_labels scores a row: no vocabulary-sized term.
 # CUDA context (~0.5 GiB), cuBLAS workspaces and caching-allocator slack. A CPU process has no
 # context to pay for; the interpreter and libraries (~0.5 GiB RSS) are not counted either, so
 # compare against RSS *growth* on CPU.
@@ -100,6 +102,12 @@ class MemoryEstimate:
     def total(self) -> int:
         return (self.weights + self.adapter + self.gradients + self.optimizer_state
                 + self.activations + self.logits + self.kv_cache + self.overhead)
+
+    @property
+    def beyond_loaded_weights(self) -> int:
+        """What a step adds once the weights (and on CUDA the context) are in memory: what
+        train.gradient_checkpointing: auto weighs against the free memory."""
+        return self.total - self.weights - self.overhead
 
     def as_dict(self) -> dict[str, float]:
         """Every term and the total, in GiB."""
@@ -129,7 +137,8 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
                     gradient_checkpointing: bool = False, lora_r: int = 16, weight_dtype_bytes: int = 2,
                     optimizer: str = "adamw", inference: bool = False,
                     device: Literal["cuda", "cpu"] = "cuda", activation_dtype_bytes: int = 2,
-                    attention: Literal["sdpa", "eager"] = "sdpa", lora_dropout: float = 0.0) -> MemoryEstimate:
+                    attention: Literal["sdpa", "eager"] = "sdpa", lora_dropout: float = 0.0,
+                    target_modules: list[str] | str = "auto", vocab_logits: bool | None = None) -> MemoryEstimate:
     """Predict peak memory of one training step (or of a forward pass with `inference=True`).
 
     weight_dtype_bytes: 2 for bf16/fp16 weights (tunebook's GPU default), 4 for fp32 (its CPU default).
@@ -138,13 +147,18 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
     weights give the classic mixed-precision 4+4+8 = 16 bytes/param.
     activation_dtype_bytes: 2 under bf16/fp16 compute; 4 is an fp32 upper bound (fp32 weights with
     bf16 autocast measured ~1.75x the 16-bit figure).
+    vocab_logits: whether the head forms logits over the vocabulary (a causal LM) rather than a few
+    class scores; None: decoders do, encoders do not.
+    target_modules: the Linears LoRA adapts (lora.target_modules; "auto": tunebook.lora's default).
     lora_dropout: above 0, each adapted layer's input is also kept dropped out, with a 1-byte mask (CUDA's
     fused dropout, and tunebook.activations.LeanDropout on a CPU).
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; use one of {METHODS}.")
     s, b, n = seq_len, batch_size, shape.num_parameters
-    vocab = 0 if shape.architecture == "bert" else shape.vocab_size  # logits over the vocabulary: decoders only
+    if vocab_logits is None:
+        vocab_logits = shape.architecture != "bert"
+    vocab = shape.vocab_size if vocab_logits else 0
     quantized = shape.quantizable_parameters if method in ("qlora-4bit", "lora-8bit") else 0
     rest = max(n - quantized, 0)  # embeddings, lm_head, norms, biases (all of it when unquantized)
     weights = rest * weight_dtype_bytes
@@ -156,7 +170,7 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
     elif method == "lora-8bit":
         weights += quantized * INT8_BYTES_PER_PARAM
         weights += sum(d_out * k for _, _d, d_out, k in shape.linear_layers()) * INT8_ROW_SCALE_BYTES
-    adapter = shape.lora_parameters(lora_r) * ADAPTER_BYTES if method != "full" else 0
+    adapter = shape.lora_parameters(lora_r, target_modules) * ADAPTER_BYTES if method != "full" else 0
 
     # One decoder layer's saved activations (see ACT_* above), scaled from 16-bit.
     lean = shape.architecture == "llama" and not inference
@@ -167,7 +181,7 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
     if attention == "eager":
         per_layer += EAGER_SCORES_BYTES * shape.num_attention_heads * s * s * b
     if lora_dropout > 0 and method != "full" and not inference:
-        adapted_inputs = sum(d_in for _, d_in, _d_out, _n in shape.adapted_layers())
+        adapted_inputs = sum(d_in for _, d_in, _d_out, _n in shape.adapted_layers(target_modules))
         per_layer += s * b * adapted_inputs * (activation_dtype_bytes + DROPOUT_MASK_BYTES)
     if inference:
         # No backward: activations live one layer at a time; the KV cache keeps k and v of every layer.
@@ -209,11 +223,11 @@ class StepFit:
 
 def longest_step_fit(shape: ModelShape, method: Method, rows: int, width: int, available: tuple[int, str],
                      **estimate_kwargs) -> StepFit:
-    """Estimate the longest batch's step both ways; the weights are already resident, so they are left out."""
+    """Estimate the longest batch's step both ways. The weights (and on CUDA the context) are resident
+    when this is asked, so they are left out; the 1 GiB CUDA overhead's allocator slack goes with it."""
     def added(checkpointing: bool) -> int:
-        est = estimate_memory(shape, method, batch_size=rows, seq_len=width,
-                              gradient_checkpointing=checkpointing, **estimate_kwargs)
-        return est.total - est.weights
+        return estimate_memory(shape, method, batch_size=rows, seq_len=width, gradient_checkpointing=checkpointing,
+                               **estimate_kwargs).beyond_loaded_weights
     return StepFit(rows, width, added(False), added(True), *available)
 
 

@@ -104,6 +104,9 @@ def shape_from_config(config: PretrainedConfig) -> ModelShape:
     hidden_size x num_labels, which is negligible.
     """
     kind, name = config.model_type, getattr(config, "name_or_path", "") or config.model_type
+    if kind not in _DECODERS | _ENCODERS:  # before reading fields other architectures name differently
+        raise ValueError(f"shape_from_config supports model types {sorted(_DECODERS | _ENCODERS)}, "
+                         f"not {kind!r}. Pick a preset ({', '.join(PRESET_SHAPES)}) or a parameter count.")
     h, L, i = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     a = config.num_attention_heads
     if kind in _DECODERS:
@@ -115,13 +118,11 @@ def shape_from_config(config: PretrainedConfig) -> ModelShape:
         bias += (2 * i + h) if getattr(config, "mlp_bias", False) else 0
         return _llama_shape(name, h, L, i, a, kv, config.vocab_size, bool(config.tie_word_embeddings),
                             head_dim if head_dim != h // a else None, extra_per_layer=bias)
-    if kind in _ENCODERS:
-        emb = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size + 2) * h
-        per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h  # attn, MLP, 2 LayerNorms
-        count = emb + L * per_layer + h * h + h  # + pooler
-        return ModelShape(count, h, L, i, a, a, config.vocab_size, True, None, "bert", name)
-    raise ValueError(f"shape_from_config supports model types {sorted(_DECODERS | _ENCODERS)}, "
-                     f"not {kind!r}. Pick a preset ({', '.join(PRESET_SHAPES)}) or a parameter count.")
+    # An encoder (_ENCODERS).
+    emb = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size + 2) * h
+    per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h  # attn, MLP, 2 LayerNorms
+    count = emb + L * per_layer + h * h + h  # + pooler
+    return ModelShape(count, h, L, i, a, a, config.vocab_size, True, None, "bert", name)
 
 
 _COUNT = re.compile(r"^(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmbt]?)$")

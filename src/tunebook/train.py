@@ -95,10 +95,12 @@ def choose_optimizer(config: RunConfig, device: str) -> Decision[str]:
 CHECKPOINTING_MIN_PARAMETERS = 5e9
 
 
-# The estimate counts tensors; on a CPU the resident set measured up to ~1.2x it (allocator slack,
-# backward's transients: benchmarks/README.md), so a step estimated above three quarters of the free
-# memory is too close to run without checkpointing.
+# The estimate counts tensors; on a CPU the resident set grew by 0.99-1.12x it on long batches
+# (benchmarks/README.md; allocator slack and backward's transients), so a step estimated above
+# three quarters of the free memory is too close to run without checkpointing. Not yet checked
+# against a GPU's peaks.
 CHECKPOINTING_MEMORY_SHARE = 0.75
+_COST = "backward recomputes each layer's forward (~30% more compute on GPUs; 2-13% measured on a CPU)"
 
 
 def choose_gradient_checkpointing(setting: bool | str, num_parameters: int,
@@ -111,39 +113,56 @@ def choose_gradient_checkpointing(setting: bool | str, num_parameters: int,
     size = f"{num_parameters / 1e9:.2g}B parameters"
     if num_parameters >= CHECKPOINTING_MIN_PARAMETERS:
         return Decision(True, f"{size} (7B-class): activations saved for backward rival the weights "
-                              "(Llama-3-8B, 2,048 tokens: 12.3 GiB without, 0.9 GiB with); ~30% more compute",
+                              f"(Llama-3-8B, 2,048 tokens: 9.5 GiB without, 0.8 GiB with); {_COST}",
                         "gradient checkpointing on")
     if fit is None:
-        return Decision(False, f"{size}, under {CHECKPOINTING_MIN_PARAMETERS / 1e9:.0f}B: it would add ~30% "
-                               "compute (set train.gradient_checkpointing: true for very long sequences)",
-                        "gradient checkpointing off")
+        return Decision(False, f"{size}, under {CHECKPOINTING_MIN_PARAMETERS / 1e9:.0f}B; free memory not weighed "
+                               "(no estimate for this model or launch). For very long sequences set "
+                               f"train.gradient_checkpointing: true ({_COST})", "gradient checkpointing off")
     gib = 1024**3
     need = (f"the longest batch ({fit.rows} x {fit.width} tokens) is estimated to need "
-            f"{fit.without_checkpointing / gib:.1f} GiB beyond the weights")
+            f"{fit.without_checkpointing / gib:.1f} GiB beyond the loaded weights")
+    share = fit.without_checkpointing / max(fit.available, 1)
     free = f"{fit.available / gib:.1f} GiB free ({fit.source})"
-    if fit.without_checkpointing > CHECKPOINTING_MEMORY_SHARE * fit.available:
-        return Decision(True, f"{need}, more than {CHECKPOINTING_MEMORY_SHARE:.0%} of the {free}; with it "
-                              f"{fit.with_checkpointing / gib:.1f} GiB, backward recomputing each layer's forward",
-                        "gradient checkpointing on")
-    return Decision(False, f"{size}; {need}, of the {free}: no need to recompute the forward in backward",
-                    "gradient checkpointing off")
+    if share <= CHECKPOINTING_MEMORY_SHARE:
+        return Decision(False, f"{size}; {need}, {share:.0%} of the {free}; checkpointing from "
+                               f"{CHECKPOINTING_MEMORY_SHARE:.0%}", "gradient checkpointing off")
+    reason = (f"{need}, more than {CHECKPOINTING_MEMORY_SHARE:.0%} of the {free}; with it "
+              f"{fit.with_checkpointing / gib:.1f} GiB; {_COST}")
+    if fit.with_checkpointing > CHECKPOINTING_MEMORY_SHARE * fit.available:
+        reason += (". Even that is tight: lower train.per_device_batch_size (raising gradient_accumulation_steps "
+                   "keeps the batch) or data.max_length")
+    return Decision(True, reason, "gradient checkpointing on")
 
 
-def longest_step_memory(config: RunConfig, decisions: Decisions, model: PreTrainedModel,
-                        longest_example: int) -> StepFit | None:
-    """The estimator's figure for this run's longest batch against free memory (None where it cannot say)."""
+def longest_batch_fit(config: RunConfig, decisions: Decisions, model: PreTrainedModel,
+                      longest_example: int) -> StepFit | None:
+    """The estimator's figure for this run's longest batch against free memory (None where it cannot say).
+
+    Under torch.distributed every rank takes the least free memory of all, so that all decide alike
+    (DDP with checkpointing on some ranks only would wait for the slowest every step).
+    """
     available = available_memory(decisions.device.value)
     if available is None or sharded_training():  # sharded weights: the estimate's whole model per rank is wrong
         return None
     try:
         shape = shape_from_config(model.config)
-    except ValueError:  # a model type the estimator has no shape for
+        shape.adapted_layers(config.lora.target_modules)
+    except ValueError:  # a model type, or a LoRA target (UnknownTargetModule), the estimator has no shape for
         return None
-    width = config.train.pad_to_length or -(-longest_example // 8) * 8  # the collators pad to a multiple of 8
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        on = torch.device("cuda", torch.cuda.current_device()) if decisions.device.value == "cuda" else "cpu"
+        least = torch.tensor([available[0]], dtype=torch.int64, device=on)
+        torch.distributed.all_reduce(least, op=torch.distributed.ReduceOp.MIN)
+        available = (int(least.item()), f"{available[1]}; the least of {torch.distributed.get_world_size()} ranks")
+    causal_lm = config.model.task == "causal-lm"
+    padded = config.train.pad_to_length if causal_lm else None  # the classification collator pads per batch
+    width = padded or -(-longest_example // 8) * 8  # the collators pad to a multiple of 8
     value_bytes = precision_dtype(decisions.precision.value).itemsize
     method = {None: "lora", "4bit": "qlora-4bit", "8bit": "lora-8bit"}[config.model.quantization]
     return longest_step_fit(shape, method, config.train.per_device_batch_size, width, available,
-                            lora_r=config.lora.r, lora_dropout=config.lora.dropout, device=decisions.device.value,
+                            lora_r=config.lora.r, lora_dropout=config.lora.dropout, vocab_logits=causal_lm,
+                            target_modules=config.lora.target_modules, device=decisions.device.value,
                             optimizer="adamw-8bit" if "8bit" in decisions.optimizer.value else "adamw",
                             weight_dtype_bytes=value_bytes, activation_dtype_bytes=value_bytes)
 
@@ -291,7 +310,7 @@ def build_model(config: RunConfig, decisions: Decisions, labels: list[str] | Non
                        dtype=frozen_weight_dtype(decisions.precision.value), label_names=labels,
                        trust_remote_code=config.model.trust_remote_code)
     use_lean_activations(model, verbose=is_main_process())  # same forward and gradients, less kept for backward
-    fit = (longest_step_memory(config, decisions, model, longest_example)
+    fit = (longest_batch_fit(config, decisions, model, longest_example)
            if longest_example and config.train.gradient_checkpointing == "auto" else None)
     checkpointing = choose_gradient_checkpointing(config.train.gradient_checkpointing, count_parameters(model)[1], fit)
     logger.info(str(checkpointing))
@@ -372,7 +391,9 @@ def _train(config: RunConfig, run_dir: Path, decisions: Decisions, tokenizer: Pr
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = collect_metrics(trainer, time.perf_counter() - start, decisions.device.value, prepared.stats, start)
     metrics["decisions"] = {"device": str(decisions.device), "precision": str(decisions.precision),
-                            "optimizer": str(decisions.optimizer)}
+                            "optimizer": str(decisions.optimizer),  # checkpointing: the outcome (its reason is logged)
+                            "gradient_checkpointing": "on" if model.get_base_model().is_gradient_checkpointing
+                            else "off"}
     metrics["memory_log"] = memory.log
     adapter_dir = save_run(trainer, tokenizer, config, metrics)
     return TrainResult(run_dir, adapter_dir, metrics)
