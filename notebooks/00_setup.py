@@ -210,9 +210,10 @@ for label, change in levers:
 # What each lever costs, and the config key that pulls it:
 #
 # - **Gradient checkpointing** (`train.gradient_checkpointing: true`; the default `auto` turns it on
-#   for models of 5B parameters and more): keep only each layer's input and recompute the rest during
-#   the backward pass. Activations shrink by ~10–30×; steps get ~30 % slower (a widely quoted figure
-#   for transformers, one extra forward pass per step; not measured here).
+#   for models of 5B parameters and more, and for any run whose longest batch is estimated to need
+#   more than 75 % of the free memory): keep only each layer's input and recompute the rest during
+#   the backward pass. Activations shrink by ~10–30×; steps get ~30 % slower on GPUs (a widely quoted
+#   figure: one extra forward pass per step), 2–13 % measured here on a CPU (benchmarks/README.md).
 # - **Smaller batch with gradient accumulation** (`train.per_device_batch_size: 1`,
 #   `train.gradient_accumulation_steps: 4`): the optimizer still sees the gradient of 4 examples,
 #   so training behaves the same; only activations and logits shrink.
