@@ -203,6 +203,18 @@ def test_lean_dropout_leaves_other_dropouts_alone() -> None:
                                                  "LeanDropout"]
 
 
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_lean_dropout_whose_p_is_later_set_to_0_or_1_behaves_as_dropout(p) -> None:
+    lean = torch.nn.Dropout(0.1)
+    use_lean_dropout(lean, verbose=False)
+    lean.p = p  # e.g. a user turning dropout off (or all the way up) on a model already prepared
+    x = torch.randn(50, 40, requires_grad=True)
+    out = lean(x)
+    out.sum().backward()
+    expected = x if p == 0 else torch.zeros_like(x)
+    assert torch.equal(out, expected) and torch.equal(x.grad, torch.full_like(x, 1.0 - p))
+
+
 def test_lean_dropout_in_a_lora_encoder_is_checkpoint_safe(tiny_bert) -> None:
     """Every dropout with p > 0 (the encoder's, LoRA's) is changed; a checkpointed layer redraws the same masks."""
     ids = torch.randint(5, 128, (4, 30), generator=torch.Generator().manual_seed(0))

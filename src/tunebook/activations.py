@@ -199,7 +199,9 @@ class LeanDropout(torch.nn.Dropout):
     """``nn.Dropout`` that keeps a 1-byte mask when training on a CPU (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.device.type == "cpu":
+        # p is a plain attribute that may change after the swap: 0 and 1 (nothing or everything
+        # dropped, where the 1 / (1 - p) scaling divides by zero) are left to F.dropout.
+        if self.training and x.device.type == "cpu" and 0 < self.p < 1 and not self.inplace:
             return _ByteMaskDropout.apply(x, self.p)
         return super().forward(x)
 
