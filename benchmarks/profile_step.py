@@ -63,11 +63,12 @@ def build_step(config_path: str, overrides: list[str], batch_size: int):
     from transformers import TrainingArguments
 
     from tunebook.config import load_config
+    from tunebook.decisions import choose_trained_positions_loss, hardware_decisions
     from tunebook.environment import choose_device, choose_precision
     from tunebook.formatting import completion_collator
     from tunebook.models import load_tokenizer
     from tunebook.prepare import prepare_tokenized
-    from tunebook.train import build_model, choose_trained_positions_loss, hardware_decisions
+    from tunebook.train import build_model
 
     config = load_config(config_path, [*overrides, f"train.per_device_batch_size={batch_size}"])
     tokenizer = load_tokenizer(config.model.name)

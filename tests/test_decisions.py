@@ -17,15 +17,18 @@ import torch
 
 from tunebook import environment
 from tunebook.config import RunConfig, apply_overrides
-from tunebook.environment import choose_device, choose_precision, precision_dtype
-from tunebook.errors import ConfigError
-from tunebook.memory import StepFit
-from tunebook.train import (
+from tunebook.decisions import (
     CHECKPOINTING_MIN_PARAMETERS,
+    Decisions,
     choose_gradient_checkpointing,
     choose_optimizer,
     frozen_weight_dtype,
+    hardware_decisions,
+    longest_batch_fit,
 )
+from tunebook.environment import choose_device, choose_precision, precision_dtype
+from tunebook.errors import ConfigError
+from tunebook.memory import StepFit
 from tunebook.trainer import DivergenceGuard, TrainingDiverged
 
 # ---------------------------------------------------------------- gradient checkpointing
@@ -105,15 +108,15 @@ def test_build_model_checkpoints_when_memory_is_short(smollm_tokenizer, monkeypa
     base = make_tiny_llama(len(smollm_tokenizer))
     monkeypatch.setattr(train, "load_model", lambda *a, **k: copy.deepcopy(base))
     config = RunConfig()
-    decisions = train.Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
+    decisions = Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
     for free, on in ((2**20, True), (2**40, False)):
-        monkeypatch.setattr(train, "available_memory", lambda device, free=free: (free, "MemAvailable"))
+        monkeypatch.setattr("tunebook.decisions.available_memory", lambda device, free=free: (free, "MemAvailable"))
         model = train.build_model(config, decisions, None, longest_example=250)
         assert model.base_model.model.is_gradient_checkpointing is on
         out = capsys.readouterr().out
         assert f"gradient checkpointing {'on' if on else 'off'}: " in out
         assert "the longest batch (8 x 256 tokens)" in out  # 250 tokens padded to a multiple of 8
-    monkeypatch.setattr(train, "available_memory", lambda device: (2**20, "MemAvailable"))
+    monkeypatch.setattr("tunebook.decisions.available_memory", lambda device: (2**20, "MemAvailable"))
     assert not train.build_model(config, decisions, None).base_model.model.is_gradient_checkpointing  # no lengths
 
 
@@ -122,32 +125,29 @@ def test_no_memory_figure_where_the_estimator_has_no_shape(monkeypatch) -> None:
     from conftest import make_tiny_llama
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tunebook import train
-
-    monkeypatch.setattr(train, "available_memory", lambda device: (2**30, "MemAvailable"))
+    monkeypatch.setattr("tunebook.decisions.available_memory", lambda device: (2**30, "MemAvailable"))
     config = RunConfig()
-    decisions = train.Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
+    decisions = Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
     llama = make_tiny_llama(100)
-    assert train.longest_batch_fit(config, decisions, llama, 100).width == 104
+    assert longest_batch_fit(config, decisions, llama, 100).width == 104
     unknown_target = apply_overrides(config, {"lora.target_modules": ["c_attn"]})
-    assert train.longest_batch_fit(unknown_target, decisions, llama, 100) is None
+    assert longest_batch_fit(unknown_target, decisions, llama, 100) is None
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
-    assert train.longest_batch_fit(config, decisions, gpt2, 100) is None
-    monkeypatch.setattr(train, "available_memory", lambda device: None)  # e.g. macOS: no /proc/meminfo
-    assert train.longest_batch_fit(config, decisions, llama, 100) is None
-    monkeypatch.setattr(train, "available_memory", lambda device: (2**30, "MemAvailable"))
-    monkeypatch.setattr(train, "sharded_training", lambda: "fsdp")  # each rank holds a shard, not the model
-    assert train.longest_batch_fit(config, decisions, llama, 100) is None
+    assert longest_batch_fit(config, decisions, gpt2, 100) is None
+    monkeypatch.setattr("tunebook.decisions.available_memory", lambda device: None)  # e.g. macOS: no /proc/meminfo
+    assert longest_batch_fit(config, decisions, llama, 100) is None
+    monkeypatch.setattr("tunebook.decisions.available_memory", lambda device: (2**30, "MemAvailable"))
+    monkeypatch.setattr("tunebook.decisions.sharded_training", lambda: "fsdp")  # each rank holds a shard, not the model
+    assert longest_batch_fit(config, decisions, llama, 100) is None
 
 
 def test_longest_batch_fit_follows_the_run_config(monkeypatch) -> None:
     """Padding, quantization, optimizer, dtype and task reach the estimate as `train` runs them."""
     from conftest import make_tiny_llama
 
-    from tunebook import train
     from tunebook.memory import estimate_memory, shape_from_config
 
-    monkeypatch.setattr(train, "available_memory", lambda device: (2**30, "MemAvailable"))
+    monkeypatch.setattr("tunebook.decisions.available_memory", lambda device: (2**30, "MemAvailable"))
     llama = make_tiny_llama(100)
     shape = shape_from_config(llama.config)
     for overrides, method, optimizer, value_bytes, width, vocab_logits in (
@@ -159,9 +159,9 @@ def test_longest_batch_fit_follows_the_run_config(monkeypatch) -> None:
              "lora", "adamw_torch", 4, 104, False)):
         config = apply_overrides(RunConfig(), {"lora.dropout": 0.1, **overrides})
         precision = "fp32" if value_bytes == 4 else "bf16"
-        decisions = train.Decisions(environment.Decision("cpu", "test"), environment.Decision(precision, "test"),
+        decisions = Decisions(environment.Decision("cpu", "test"), environment.Decision(precision, "test"),
                                     environment.Decision(optimizer, "test"))
-        fit = train.longest_batch_fit(config, decisions, llama, 100)
+        fit = longest_batch_fit(config, decisions, llama, 100)
         expected = estimate_memory(shape, method, batch_size=8, seq_len=width, lora_dropout=0.1, device="cpu",
                                    optimizer="adamw-8bit" if "8bit" in optimizer else "adamw",
                                    weight_dtype_bytes=value_bytes, activation_dtype_bytes=value_bytes,
@@ -392,11 +392,9 @@ def test_nan_loss_stops_at_the_step_it_happens(smollm_tokenizer, tmp_path) -> No
 
 
 def test_hardware_decisions_on_a_gpu(monkeypatch) -> None:
-    from tunebook import train
-
-    monkeypatch.setattr(train, "choose_device", lambda: environment.Decision("cuda", "test GPU"))
+    monkeypatch.setattr("tunebook.decisions.choose_device", lambda: environment.Decision("cuda", "test GPU"))
     config = apply_overrides(RunConfig(), {"model.quantization": "4bit", "train.precision": "bf16"})
-    decisions = train.hardware_decisions(config)
+    decisions = hardware_decisions(config)
     assert (decisions.device.value, decisions.precision.value, decisions.optimizer.value) == (
         "cuda", "bf16", "paged_adamw_8bit")
 
@@ -411,7 +409,7 @@ def test_only_the_main_process_describes_the_adapter(smollm_tokenizer, monkeypat
     base = make_tiny_llama(len(smollm_tokenizer))
     monkeypatch.setattr(train, "load_model", lambda *a, **k: copy.deepcopy(base))
     config = RunConfig()
-    decisions = train.Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
+    decisions = Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
     for main, says in ((True, True), (False, False)):
         monkeypatch.setattr(train, "is_main_process", lambda: main)
         train.build_model(config, decisions, None)

@@ -168,8 +168,8 @@ def test_cli_estimate_for_an_fp32_cpu_run_is_what_train_weighs(capsys, monkeypat
     """`estimate --precision fp32 --device cpu` prints what `train` weighs for self-instruct.yaml on such a CPU."""
     from types import SimpleNamespace
 
-    from tunebook import train
     from tunebook.config import load_config
+    from tunebook.decisions import Decisions, longest_batch_fit
     from tunebook.environment import Decision
 
     command = ["estimate", "--batch-size", "8", "--seq-len", "488", "--precision", "fp32", "--device", "cpu"]
@@ -177,10 +177,10 @@ def test_cli_estimate_for_an_fp32_cpu_run_is_what_train_weighs(capsys, monkeypat
     out = capsys.readouterr().out
     assert "batch 8 x 488 tokens, gradient checkpointing off, fp32 on cpu" in out
     config = load_config(REPO_ROOT / "configs" / "smollm2-135m-instruct" / "self-instruct.yaml")
-    decisions = train.Decisions(Decision("cpu", ""), Decision("fp32", ""), Decision("adamw_torch", ""))
-    monkeypatch.setattr(train, "available_memory", lambda device: (8 * GiB, "MemAvailable"))
+    decisions = Decisions(Decision("cpu", ""), Decision("fp32", ""), Decision("adamw_torch", ""))
+    monkeypatch.setattr("tunebook.decisions.available_memory", lambda device: (8 * GiB, "MemAvailable"))
     model = SimpleNamespace(config=AutoConfig.from_pretrained(resolve_model("smollm2-135m-instruct")))
-    fit = train.longest_batch_fit(config, decisions, model, 482)  # the data's longest example
+    fit = longest_batch_fit(config, decisions, model, 482)  # the data's longest example
     assert (fit.rows, fit.width) == (8, 488)
     assert f"beyond the loaded weights: {fit.without_checkpointing / GiB:.2f} GiB" in out
     assert round(fit.without_checkpointing / GiB, 1) == 5.7  # the figure quoted in the configs and benchmarks

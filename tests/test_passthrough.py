@@ -35,6 +35,8 @@ from transformers.training_args import OptimizerNames
 from tunebook import models, train, trainer
 from tunebook.config import RunConfig, apply_overrides, load_config
 from tunebook.data import load_and_validate
+from tunebook.decisions import Decisions, choose_optimizer, hardware_decisions
+from tunebook.environment import Decision, choose_device, choose_precision
 from tunebook.evaluation import _evaluate_model, evaluation_split
 from tunebook.formatting import IGNORE_INDEX, build_prompt, prompt_messages
 from tunebook.lora import apply_lora, make_lora_config
@@ -452,7 +454,7 @@ def _train_precision(config: RunConfig, ctx: Ctx) -> None:
     assert wired.args.bf16 and not wired.args.fp16
     ((_, kwargs),) = wired.model_calls
     assert kwargs["dtype"] == torch.bfloat16  # the frozen base is stored in the compute dtype
-    assert train.hardware_decisions(config).precision.value == "bf16"
+    assert hardware_decisions(config).precision.value == "bf16"
 
 
 @passes("train.gradient_checkpointing", True)
@@ -510,8 +512,8 @@ def _train_seed(config: RunConfig, ctx: Ctx) -> None:
     args = ctx.training_arguments(config)
     assert args.seed == 3 and args.data_seed == 3
     # The adapter's random A matrices come from the same seed (build_model seeds before creating them).
-    decisions = train.Decisions(train.choose_device(), train.choose_precision("fp32", "cpu"),
-                                train.choose_optimizer(config, "cpu"))
+    decisions = Decisions(choose_device(), choose_precision("fp32", "cpu"),
+                                choose_optimizer(config, "cpu"))
 
     base = ctx.tiny_llama()  # built once: building one reseeds torch
 
@@ -535,10 +537,10 @@ def _train_eval_loss_examples(config: RunConfig, ctx: Ctx) -> None:
 def _train_release_host_memory(config: RunConfig, ctx: Ctx) -> None:
     asked = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "return_freed_tensors_to_os",
-                   lambda device, enabled: asked.append(enabled) or train.Decision(False, "recorded"))
-        train.hardware_decisions(config)
-        train.hardware_decisions(apply_overrides(config, {"train.release_host_memory": True}))
+        mp.setattr("tunebook.decisions.return_freed_tensors_to_os",
+                   lambda device, enabled: asked.append(enabled) or Decision(False, "recorded"))
+        hardware_decisions(config)
+        hardware_decisions(apply_overrides(config, {"train.release_host_memory": True}))
     assert asked == [False, True]
 
 

@@ -218,7 +218,7 @@ def load_model(
     dtype: dtype of the unquantized weights (all of them without quantization; embeddings, norms
     and lm_head with it), and the 4-bit compute dtype. None: on GPUs bf16/fp16 (half the memory),
     on CPU the checkpoint's own dtype (fp32 for the embedded models); training passes its
-    precision's dtype (see tunebook.train.frozen_weight_dtype).
+    precision's dtype (see tunebook.decisions.frozen_weight_dtype).
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; use one of {TASKS}.")
