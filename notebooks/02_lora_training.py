@@ -298,7 +298,7 @@ plot_loss_curves(histories, f1, "runs/lora-sweep.png" if not SMOKE else None, ti
 
 # %%
 from tunebook.data import load_and_validate
-from tunebook.evaluation import generate
+from tunebook.inference import generate
 from tunebook.formatting import build_prompt, prompt_messages
 from tunebook.inference import load_for_inference
 

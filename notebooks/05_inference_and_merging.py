@@ -88,7 +88,7 @@ print(type(plain_merged).__name__, "| any lora_ parameter left:", any("lora_" in
 # ## 2. Base + adapter: load and generate
 
 # %%
-from tunebook.evaluation import generate
+from tunebook.inference import generate
 from tunebook.formatting import build_prompt, prompt_messages
 from tunebook.inference import load_for_inference
 

@@ -17,18 +17,17 @@ from transformers import LlamaForSequenceClassification
 
 from tunebook.config import DataConfig, EvalConfig, apply_overrides, load_config
 from tunebook.evaluation import (
-    _by_length,
     compare_table,
     detect_task,
     error_analysis,
     evaluate_classification,
     evaluate_generation,
-    generate,
     perplexity,
     run_evaluation,
     warn_if_answers_exceed_cap,
 )
 from tunebook.formatting import build_prompt, completion_collator, prompt_messages, tokenize_example
+from tunebook.inference import batches_by_length, generate
 
 EXTRACTION = DataConfig(recipe="instruction", instruction="Extract the named entities as JSON.")
 
@@ -142,10 +141,10 @@ def test_evaluate_generation_detects_task(tokenizer, tiny_model):
 
 def test_length_batches_keep_every_row_once_and_a_token_budget_for_the_long_tail():
     lengths = [128, 20, 19, 21, 90, 20, 22, 18, 60, 20, 23, 17, 20, 55, 21, 20]
-    full = _by_length(lengths, batch_size=4)
+    full = batches_by_length(lengths, batch_size=4)
     assert [len(b) for b in full] == [4, 4, 4, 4]  # without the budget: full batches, longest first
     assert [lengths[i] for i in full[0]] == [128, 90, 60, 55]
-    budgeted = _by_length(lengths, batch_size=4, token_budget=True)
+    budgeted = batches_by_length(lengths, batch_size=4, token_budget=True)
     assert sorted(i for b in budgeted for i in b) == list(range(len(lengths)))
     assert all(len(b) <= 4 for b in budgeted)
     assert all(lengths[b[0]] == max(lengths[i] for i in b) for b in budgeted)  # still longest first
@@ -155,7 +154,7 @@ def test_length_batches_keep_every_row_once_and_a_token_budget_for_the_long_tail
     assert all(len(b) * lengths[b[0]] <= budget for b in budgeted if len(b) > 1)
     padded = lambda batches: sum(len(b) * lengths[b[0]] for b in batches)  # noqa: E731
     assert padded(budgeted) < padded(full)
-    assert _by_length([], 4, token_budget=True) == []
+    assert batches_by_length([], 4, token_budget=True) == []
 
 
 def test_evaluate_classification_writes_confusion_matrix(tokenizer, tmp_path):
@@ -429,8 +428,10 @@ class _Bar:
 
 def test_progress_bars_count_rows(tokenizer, tiny_model, monkeypatch):
     import tunebook.evaluation as evaluation
+    import tunebook.inference as inference
 
-    monkeypatch.setattr(evaluation, "tqdm", _Bar)
+    monkeypatch.setattr(inference, "tqdm", _Bar)  # generate's bar
+    monkeypatch.setattr(evaluation, "tqdm", _Bar)  # evaluate_classification's
     _Bar.made = []
     generate(tiny_model, tokenizer, _prompts(tokenizer, SENTENCES[:3]), max_new_tokens=2, batch_size=2, autocast=False,
              desc="generate (base)")
@@ -503,10 +504,10 @@ def test_example_input_per_recipe():
 
 
 def test_generate_passes_the_autocast_choice_on(tokenizer, tiny_model, monkeypatch):
-    import tunebook.evaluation as evaluation
+    import tunebook.inference as inference
 
-    seen, real = [], evaluation._autocast
-    monkeypatch.setattr(evaluation, "_autocast", lambda model, enabled: seen.append(enabled) or real(model, enabled))
+    seen, real = [], inference.autocast_for
+    monkeypatch.setattr(inference, "autocast_for", lambda model, enabled: seen.append(enabled) or real(model, enabled))
     for choice in (False, None, True):
         generate(tiny_model, tokenizer, _prompts(tokenizer, SENTENCES[:1]), max_new_tokens=1, autocast=choice)
     assert seen == [False, None, True]

@@ -199,7 +199,7 @@ def test_prompt_has_exactly_one_bos(chat_tokenizer) -> None:
 
 def test_generation_stops_at_end_of_turn(chat_tokenizer) -> None:
     """A model whose every next token is the end of turn (or EOS) answers with nothing."""
-    from tunebook.evaluation import generate
+    from tunebook.inference import generate
 
     tok = chat_tokenizer
     prompt = build_prompt(tok, prompt_messages(EXAMPLE, INSTRUCTION))

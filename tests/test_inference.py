@@ -12,9 +12,9 @@ import torch
 from conftest import make_tiny_llama
 
 from tunebook.config import LoraSettings
-from tunebook.evaluation import generate
 from tunebook.formatting import build_prompt, encode_prompt
 from tunebook.inference import (
+    generate,
     load_adapters,
     load_for_inference,
     merge_adapter,

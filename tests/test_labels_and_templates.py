@@ -18,7 +18,6 @@ from conftest import CHAT_STYLES
 
 from tunebook.config import DataConfig
 from tunebook.data import DataValidationError, label_names, load_and_validate
-from tunebook.evaluation import generate
 from tunebook.formatting import (
     IGNORE_INDEX,
     build_prompt,
@@ -30,6 +29,7 @@ from tunebook.formatting import (
     tokenize_dataset,
     tokenize_example,
 )
+from tunebook.inference import generate
 
 # ---------------------------------------------------------------- labels
 

@@ -16,11 +16,9 @@ also says whether the fine-tune beats what a second of classical code reaches.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import statistics
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from datasets import Dataset
@@ -40,11 +38,10 @@ from .formatting import (
     build_prompt,
     classification_length_limit,
     completion_collator,
-    encode_prompt,
     example_input,
     prompt_messages,
-    stop_token_ids,
 )
+from .inference import autocast_for, batches_by_length, evaluation_mode, generate
 from .log import get_logger
 from .lora import check_adapter_files, load_adapter
 from .metrics import load_metric
@@ -56,107 +53,6 @@ from .report import TABLE_KEYS, compare_table, log_report, write_results  # noqa
 from .runs import check_same_model
 
 logger = get_logger()
-
-
-def _autocast(model: torch.nn.Module, enabled: bool | None) -> contextlib.AbstractContextManager:
-    """bf16 autocast when the precision decision says bf16 and the weights are fp32.
-
-    On a CPU with avx512_bf16/AMX, bf16 matmuls run up to about twice as fast as fp32, and the fp32
-    master weights stay untouched. GPUs already hold bf16/fp16 weights (see `load_model`), so
-    autocast would change nothing there. ``enabled=False`` forces exact fp32 (tests, merge checks).
-    """
-    param = next(model.parameters())
-    if enabled is None:
-        enabled = choose_precision("auto", param.device.type).value == "bf16" and param.dtype == torch.float32
-    return torch.autocast(param.device.type, dtype=torch.bfloat16, enabled=bool(enabled))
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """eval() (dropout off) + no autograd for the block, then restore the model's previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-@contextlib.contextmanager
-def _contiguous_lm_head_input(model: PreTrainedModel) -> Iterator[None]:
-    """Hand the output layer a contiguous input while generating, to dodge a slow PyTorch path.
-
-    For the first token, generate asks for the last position's logits only (``logits_to_keep=1``),
-    a non-contiguous [batch, 1, hidden] slice. With a frozen output weight (a peft model, a merged
-    one) ``F.linear`` then takes a batched-matmul path that copies the weight once per row
-    (pytorch/pytorch#186148): 1.8 GB and ~2.5 s per batch of 32 for SmolLM2's 49k x 576 head on
-    this CPU, against 5 ms for the same product from a contiguous input (a 37 KB copy).
-    """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        yield
-        return
-    handle = head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def _by_length(lengths: list[int], batch_size: int, token_budget: bool = False) -> list[list[int]]:
-    """Row indices in batches of similar length (longest first), so each batch pads little.
-
-    With `token_budget`, a batch also stops before rows x its longest row would exceed a full batch
-    of median-length rows: the long tail comes in smaller batches instead of padding `batch_size`
-    rows to the longest one (measured on SMS spam at batch 64: 26 % of the positions computed were
-    padding, 9 % with the budget). For one forward pass only: generation keeps full batches, as
-    its cost is decoding steps x batches.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    budget = batch_size * max(1, statistics.median_low(lengths)) if token_budget and lengths else None
-    batches: list[list[int]] = []
-    for i in order:
-        batch = batches[-1] if batches else []
-        if batch and len(batch) < batch_size and (budget is None or (len(batch) + 1) * lengths[batch[0]] <= budget):
-            batch.append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]] | list[str],
-             max_new_tokens: int = 96, batch_size: int = 16, autocast: bool | None = None,
-             desc: str = "generate", cut_rows: list[int] | None = None) -> list[str]:
-    """Greedy answers to `prompts` (token ids, or prompt texts from `formatting.build_prompt`).
-
-    Returns only the newly generated text, special tokens stripped, in the order of `prompts`.
-    Prompts are batched by length so each batch pads little; generation stops at the chat
-    template's end-of-turn token (`formatting.stop_token_ids`), the token training taught.
-    `cut_rows`, if given, receives the indices of the prompts whose answer reached
-    `max_new_tokens` before an end-of-turn token (cut, not finished).
-    """
-    ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
-    device = next(model.parameters()).device
-    outputs: list[str] = [""] * len(ids)
-    stop = stop_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    with _eval_mode(model), _autocast(model, autocast), _contiguous_lm_head_input(model), \
-            tqdm(total=len(ids), desc=desc, unit="row") as bar:  # rows/s; TQDM_DISABLE=1 hides it
-        for batch in _by_length([len(x) for x in ids], batch_size):
-            # LEFT padding: a decoder appends each new token after the last position of the row.
-            # With right padding, a short prompt would be followed by pad tokens and the model would
-            # continue after them. The attention mask hides the pads; generate derives positions from it.
-            inputs = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, padding_side="left",
-                                   return_tensors="pt").to(device)
-            new = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 eos_token_id=stop, pad_token_id=pad_id)[:, inputs["input_ids"].shape[1]:]
-            for i, row in zip(batch, new):
-                outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-                if cut_rows is not None and len(row) == max_new_tokens and not set(row.tolist()) & set(stop):
-                    cut_rows.append(i)
-            bar.update(len(batch))
-    return outputs
 
 
 def detect_task(references: list[str]) -> str:
@@ -220,8 +116,9 @@ def perplexity(model: PreTrainedModel, tokenized_split: Dataset, collator: Calla
         collator = TrainedPositionsOnly(collator)
     total_loss, total_tokens = 0.0, 0
     device = next(model.parameters()).device
-    with _eval_mode(model), _autocast(model, autocast):
-        for rows in _by_length([len(ids) for ids in tokenized_split["input_ids"]], batch_size, token_budget=True):
+    with evaluation_mode(model), autocast_for(model, autocast):
+        lengths = [len(ids) for ids in tokenized_split["input_ids"]]
+        for rows in batches_by_length(lengths, batch_size, token_budget=True):
             batch = collator([tokenized_split[i] for i in rows])
             extra = {"logits_to_keep": batch["logits_to_keep"].to(device)} if "logits_to_keep" in batch else {}
             logits = model(input_ids=batch["input_ids"].to(device),
@@ -250,8 +147,8 @@ def evaluate_classification(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     device = next(model.parameters()).device
     rows = tokenized_split["input_ids"]
     predictions: list[int] = [0] * len(rows)
-    with _eval_mode(model), _autocast(model, autocast), tqdm(total=len(rows), desc=desc, unit="row") as bar:
-        for batch in _by_length([len(r) for r in rows], batch_size, token_budget=True):
+    with evaluation_mode(model), autocast_for(model, autocast), tqdm(total=len(rows), desc=desc, unit="row") as bar:
+        for batch in batches_by_length([len(r) for r in rows], batch_size, token_budget=True):
             inputs = collate([{"input_ids": rows[i]} for i in batch]).to(device)
             for i, predicted in zip(batch, model(**inputs).logits.argmax(-1).tolist()):
                 predictions[i] = predicted
