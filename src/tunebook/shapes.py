@@ -38,6 +38,9 @@ class ModelShape:
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
     architecture: str = "llama"  # "llama" (decoder, SwiGLU) or "bert" (encoder): which Linears exist
     name: str = ""
+    # The config's model_type. tunebook.activations swaps in leaner RMSNorm and SwiGLU modules where
+    # a model's are exactly Llama's; Gemma's (another norm, a GELU MLP) keep what they always keep.
+    model_type: str = "llama"
 
     @property
     def kv_dim(self) -> int:
@@ -75,13 +78,13 @@ class ModelShape:
         return sum(r * (d_in + d_out) * n for _, d_in, d_out, n in self.adapted_layers(target_modules))
 
 
-def _llama_shape(name: str, h: int, layers: int, i: int, heads: int, kv: int, vocab: int,
-                 tied: bool, head_dim: int | None = None, extra_per_layer: int = 0) -> ModelShape:
+def _llama_shape(name: str, h: int, layers: int, i: int, heads: int, kv: int, vocab: int, tied: bool,
+                 head_dim: int | None = None, extra_per_layer: int = 0, model_type: str = "llama") -> ModelShape:
     shape = ModelShape(0, h, layers, i, heads, kv, vocab, tied, head_dim, "llama", name)
     # Embeddings (+ an untied lm_head), two RMSNorm weights per layer and the final norm.
     embeddings = vocab * h * (1 if tied else 2)
     count = shape.quantizable_parameters + embeddings + layers * (2 * h + extra_per_layer) + h
-    return ModelShape(count, h, layers, i, heads, kv, vocab, tied, head_dim, "llama", name)
+    return ModelShape(count, h, layers, i, heads, kv, vocab, tied, head_dim, "llama", name, model_type)
 
 
 # Published configs (config.json on the Hub). The counts they give are the published ones:
@@ -117,12 +120,13 @@ def shape_from_config(config: PretrainedConfig) -> ModelShape:
         bias += ((a + 2 * kv) * head_dim + h) if getattr(config, "attention_bias", False) else 0
         bias += (2 * i + h) if getattr(config, "mlp_bias", False) else 0
         return _llama_shape(name, h, L, i, a, kv, config.vocab_size, bool(config.tie_word_embeddings),
-                            head_dim if head_dim != h // a else None, extra_per_layer=bias)
+                            head_dim if head_dim != h // a else None, extra_per_layer=bias,
+                            model_type=kind)
     # An encoder (_ENCODERS).
     emb = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size + 2) * h
     per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h  # attn, MLP, 2 LayerNorms
     count = emb + L * per_layer + h * h + h  # + pooler
-    return ModelShape(count, h, L, i, a, a, config.vocab_size, True, None, "bert", name)
+    return ModelShape(count, h, L, i, a, a, config.vocab_size, True, None, "bert", name, kind)
 
 
 _COUNT = re.compile(r"^(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmbt]?)$")
