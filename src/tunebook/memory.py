@@ -63,10 +63,12 @@ ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE, ACT_PER_KV = 20, 8, 4
 # tunebook trains Llama-style decoders with tunebook.activations: each RMSNorm keeps its 16-bit
 # input instead of an fp32 copy (20·h -> 16·h) and SwiGLU does not keep silu(gate) (8·i -> 6·i).
 # Measured at SmolLM2 batch 8 x 470: 2,636 -> 2,057 MiB saved by the 30 layers; formula 2,066 MiB.
-# Gemma's are not swapped: its GELU MLP keeps the plain 8·i, and its RMSNorm ((1 + weight), fp32
-# throughout) keeps its fp32 input and its fp32 normalised output, 8·h bytes a norm where Llama's
-# keeps 6·h: 24·h. Counted with saved_tensors_hooks on a bf16 Gemma (tests/test_memory.py).
-GEMMA_ACT_PER_HIDDEN = 24
+# Gemma's are not swapped (ModelShape.model_type): its MLP's forward is Llama's, but with GELU, so
+# it keeps the plain 8·i; its RMSNorm keeps the plain 20·h with a frozen weight (LoRA, QLoRA). Full
+# fine-tuning trains the norm's weight, and Gemma's (1 + weight), computed in fp32, then also keeps
+# the fp32 normalised output: 8·h bytes a norm where Llama's keeps 6·h, 24·h. Both counted with
+# saved_tensors_hooks on a bf16 Gemma (tests/test_memory.py).
+GEMMA_FULL_ACT_PER_HIDDEN = 24
 LEAN_ACT_PER_HIDDEN, LEAN_ACT_PER_INTERMEDIATE = 16, 6
 DROPOUT_MASK_BYTES = 1  # per element of every adapted layer's input, beside its dropped-out copy (bool mask)
 # Eager attention also keeps the s x s score and softmax tensors: measured 6·a·s²·b bytes
@@ -177,11 +179,13 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
     adapter = shape.lora_parameters(lora_r, target_modules) * ADAPTER_BYTES if method != "full" else 0
 
     # One decoder layer's saved activations (see ACT_* above), scaled from 16-bit.
-    lean = shape.architecture == "llama" and shape.model_type != "gemma" and not inference
-    per_hidden, per_intermediate = ((LEAN_ACT_PER_HIDDEN, LEAN_ACT_PER_INTERMEDIATE) if lean
-                                    else (ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE))
-    if shape.model_type == "gemma":
-        per_hidden = GEMMA_ACT_PER_HIDDEN
+    if inference or shape.architecture != "llama":
+        per_hidden, per_intermediate = ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE
+    elif shape.model_type == "gemma":
+        per_hidden = GEMMA_FULL_ACT_PER_HIDDEN if method == "full" else ACT_PER_HIDDEN
+        per_intermediate = ACT_PER_INTERMEDIATE
+    else:
+        per_hidden, per_intermediate = LEAN_ACT_PER_HIDDEN, LEAN_ACT_PER_INTERMEDIATE
     widths = per_hidden * shape.hidden_size + per_intermediate * shape.intermediate_size + ACT_PER_KV * shape.kv_dim
     per_layer = s * b * widths * activation_dtype_bytes // 2
     if attention == "eager":

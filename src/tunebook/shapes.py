@@ -39,7 +39,8 @@ class ModelShape:
     architecture: str = "llama"  # "llama" (decoder, SwiGLU) or "bert" (encoder): which Linears exist
     name: str = ""
     # The config's model_type. tunebook.activations swaps in leaner RMSNorm and SwiGLU modules where
-    # a model's are exactly Llama's; Gemma's (another norm, a GELU MLP) keep what they always keep.
+    # a model's are exactly Llama's (Mistral's and Qwen2's are); Gemma's keep what they always keep:
+    # its RMSNorm is other code, and its MLP, Llama's forward, runs GELU instead of SiLU.
     model_type: str = "llama"
 
     @property
