@@ -206,13 +206,21 @@ def test_lean_dropout_leaves_other_dropouts_alone() -> None:
 @pytest.mark.parametrize("p", [0.0, 1.0])
 def test_lean_dropout_whose_p_is_later_set_to_0_or_1_behaves_as_dropout(p) -> None:
     lean = torch.nn.Dropout(0.1)
-    use_lean_dropout(lean, verbose=False)
+    assert use_lean_dropout(lean, verbose=False) == 1 and type(lean) is LeanDropout
     lean.p = p  # e.g. a user turning dropout off (or all the way up) on a model already prepared
     x = torch.randn(50, 40, requires_grad=True)
-    out = lean(x)
+    out = lean(x)  # p = 1 divided by zero in the byte-mask path (NaN everywhere)
     out.sum().backward()
     expected = x if p == 0 else torch.zeros_like(x)
     assert torch.equal(out, expected) and torch.equal(x.grad, torch.full_like(x, 1.0 - p))
+
+
+def test_lean_dropout_set_to_inplace_later_writes_into_its_input() -> None:
+    lean = torch.nn.Dropout(0.5)
+    assert use_lean_dropout(lean, verbose=False) == 1
+    lean.inplace = True
+    x = torch.ones(100, 100)
+    assert lean(x) is x and bool((x == 0).any())  # F.dropout(inplace=True): the same tensor, changed
 
 
 def test_lean_dropout_in_a_lora_encoder_is_checkpoint_safe(tiny_bert) -> None:

@@ -199,8 +199,9 @@ class LeanDropout(torch.nn.Dropout):
     """``nn.Dropout`` that keeps a 1-byte mask when training on a CPU (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # p is a plain attribute that may change after the swap: 0 and 1 (nothing or everything
-        # dropped, where the 1 / (1 - p) scaling divides by zero) are left to F.dropout.
+        # p is a plain attribute that may change after the swap: p = 1 (the 1 / (1 - p) scaling
+        # would divide by zero) and p = 0 (nothing to mask) go to F.dropout, and so does inplace=True,
+        # which promises to write into x where the byte-mask path returns a new tensor.
         if self.training and x.device.type == "cpu" and 0 < self.p < 1 and not self.inplace:
             return _ByteMaskDropout.apply(x, self.p)
         return super().forward(x)
