@@ -298,9 +298,8 @@ plot_loss_curves(histories, f1, "runs/lora-sweep.png" if not SMOKE else None, ti
 
 # %%
 from tunebook.data import load_and_validate
-from tunebook.inference import generate
 from tunebook.formatting import build_prompt, prompt_messages
-from tunebook.inference import load_for_inference
+from tunebook.inference import generate, load_for_inference
 
 model, tokenizer = load_for_inference(config.model.name, result.adapter_dir)
 test = load_and_validate(config.data)[0]["test"].select(range(3))

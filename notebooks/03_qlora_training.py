@@ -102,10 +102,10 @@ print(f"max |4-bit - fp32| output: {(layer(x.bfloat16()).float() - dense(x)).abs
 # picks the optimizer:
 
 # %%
+from tunebook.decisions import choose_optimizer
 from tunebook.environment import choose_device
 from tunebook.notebook import notebook_config
 from tunebook.quantization import make_quantization_config
-from tunebook.decisions import choose_optimizer
 
 nf4 = make_quantization_config("4bit")
 print({k: getattr(nf4, k) for k in ("load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")})

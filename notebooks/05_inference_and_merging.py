@@ -88,9 +88,8 @@ print(type(plain_merged).__name__, "| any lora_ parameter left:", any("lora_" in
 # ## 2. Base + adapter: load and generate
 
 # %%
-from tunebook.inference import generate
 from tunebook.formatting import build_prompt, prompt_messages
-from tunebook.inference import load_for_inference
+from tunebook.inference import generate, load_for_inference
 
 model, tokenizer = load_for_inference(NAME, adapter_dir)
 sentences = ["Maria Okafor joined the Bank of Lisbon in Nairobi on 3 March 2021.",

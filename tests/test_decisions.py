@@ -160,7 +160,7 @@ def test_longest_batch_fit_follows_the_run_config(monkeypatch) -> None:
         config = apply_overrides(RunConfig(), {"lora.dropout": 0.1, **overrides})
         precision = "fp32" if value_bytes == 4 else "bf16"
         decisions = Decisions(environment.Decision("cpu", "test"), environment.Decision(precision, "test"),
-                                    environment.Decision(optimizer, "test"))
+                              environment.Decision(optimizer, "test"))
         fit = longest_batch_fit(config, decisions, llama, 100)
         expected = estimate_memory(shape, method, batch_size=8, seq_len=width, lora_dropout=0.1, device="cpu",
                                    optimizer="adamw-8bit" if "8bit" in optimizer else "adamw",

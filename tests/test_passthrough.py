@@ -512,8 +512,7 @@ def _train_seed(config: RunConfig, ctx: Ctx) -> None:
     args = ctx.training_arguments(config)
     assert args.seed == 3 and args.data_seed == 3
     # The adapter's random A matrices come from the same seed (build_model seeds before creating them).
-    decisions = Decisions(choose_device(), choose_precision("fp32", "cpu"),
-                                choose_optimizer(config, "cpu"))
+    decisions = Decisions(choose_device(), choose_precision("fp32", "cpu"), choose_optimizer(config, "cpu"))
 
     base = ctx.tiny_llama()  # built once: building one reseeds torch
 

@@ -11,10 +11,12 @@ One module per pipeline stage:
 - `tunebook.data`         validate and split datasets
 - `tunebook.formatting`   prompt templates, tokenization and completion-only labels
 - `tunebook.prepare`      the data stage end to end (validated splits -> token ids + length stats)
+- `tunebook.decisions`    the run's choices (optimizer, gradient checkpointing, ...) with reasons
 - `tunebook.train`        Trainer-based training runs
 - `tunebook.evaluation`   task metrics before and after training (`tunebook.metrics`: offline
                           `evaluate` modules loaded by path)
-- `tunebook.inference`    adapters at inference, merging, several adapters on one base
+- `tunebook.inference`    greedy generation in length-sorted batches, adapters at inference,
+                          merging, several adapters on one base
 - `tunebook.export`       merged model -> GGUF file, verified against the merged model
                           (`gguf_convert`: the GGUF writer; `ollama`: the Modelfile;
                           `llamacpp`: the file run and scored in llama.cpp, optional)

@@ -1,10 +1,13 @@
-"""What a run decides before it trains, each decision logged with its reason.
+"""What a run decides before it trains, each choice with the reason the log gives for it.
 
 Device and precision come from :mod:`tunebook.environment`; this module adds the choices that
 depend on the run's config and model: the optimizer, gradient checkpointing (by model size, and by
-the longest batch's estimated memory against what is free: :mod:`tunebook.memory`), the loss over
-trained positions only, and the dtype the frozen weights are stored in. Each returns a `Decision`
-(value, reason), so that the log says why, e.g. "bf16: CPU supports AMX/avx512-bf16".
+the longest batch's estimate against the free memory: `longest_batch_fit`, :mod:`tunebook.memory`),
+the loss over trained positions only, and the dtype the frozen weights are stored in.
+`hardware_decisions` makes and logs the device, precision and optimizer choices (`Decisions`) and
+the host allocator setting; the choose_* functions return a `Decision` (value, reason), which
+:mod:`tunebook.train` logs as it builds the model, e.g. "gradient checkpointing off: 0.13B
+parameters; the longest batch (8 x 384 tokens) is estimated to need 4.5 GiB ...".
 """
 
 from __future__ import annotations
@@ -148,7 +151,11 @@ def frozen_weight_dtype(precision: str) -> torch.dtype:
 
 
 def hardware_decisions(config: RunConfig) -> Decisions:
-    """Device, precision and optimizer for this run, each logged with its reason."""
+    """Device, precision and optimizer for this run, each logged with its reason.
+
+    Also applies the host allocator setting (`environment.return_freed_tensors_to_os`, CPU only),
+    which changes malloc for the whole process: it is a decision about this run's memory too.
+    """
     device = choose_device()
     decisions = Decisions(device, choose_precision(config.train.precision, device.value),
                           choose_optimizer(config, device.value))

@@ -287,7 +287,7 @@ class TrainedPositionsOnly:
     for the head's matmul) and the labels from that position on; the model's own loss then shifts
     them as usual. The loss is identical (the tests compare it); the head and the loss shrink to the
     answers' share of the batch. Needs a model whose forward takes `logits_to_keep` (Llama,
-    Mistral, Qwen2, Gemma, Phi-3 ... in transformers 5); tunebook.train decides when to use it.
+    Mistral, Qwen2, Gemma, Phi-3 ... in transformers 5); decisions.choose_trained_positions_loss decides when.
     """
 
     collate: Callable[[list[dict]], dict]
