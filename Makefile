@@ -24,14 +24,17 @@ demo: setup
 	$(PY) -m tunebook demo configs/smollm2-135m-instruct/lora.yaml $(DEMO_FLAGS)
 
 # Whole suite: unit tests (tiny random models), integration tests (embedded models), notebooks (smoke mode).
+# Two pytest-xdist workers, one per core of a 2-core CPU (tests/conftest.py says how the work is split).
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # Unit tests only (seconds).
 test-fast: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not integration and not notebook"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not integration and not notebook"
 
 # Mutation testing of the core modules against the fast unit tests (tests/README.md): long, an
 # hour or more on two cores. MUTANTS="tunebook.train*" restricts it to some functions; a second run

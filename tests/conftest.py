@@ -23,7 +23,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked ``gpu`` on machines without a CUDA GPU."""
+    """Skip tests marked ``gpu`` on machines without a CUDA GPU; under pytest-xdist, put the longest
+    work units first (every worker sorts its collection the same way, as xdist requires)."""
+    if _WORKERS > 1:
+        items.sort(key=lambda item: _FIRST_UNITS.index(_work_unit(item.nodeid))
+                   if _work_unit(item.nodeid) in _FIRST_UNITS else len(_FIRST_UNITS))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -32,7 +36,47 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
+# `make test` runs the suite in two processes (pytest-xdist, `-n 2`): each worker gets its share of
+# the cores, and so do the subprocesses its tests start (they inherit OMP_NUM_THREADS). Two workers
+# on a 2-core CPU at one thread each beat one worker at two: most tests are single-threaded Python.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _share = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    torch.set_num_threads(_share)
+    os.environ["OMP_NUM_THREADS"] = str(_share)
 _DEFAULT_THREADS = torch.get_num_threads()
+
+# Work units for pytest-xdist: a test module runs on one worker (its module-scoped fixtures are built
+# once), except the notebooks. Notebooks 02-05 share the smoke adapters under runs/smoke/ (04 and 05
+# reuse 02's and 03's), so they run in order on one worker; 01's two runs write the same folders;
+# every other notebook test is independent. The 02-05 chain is the longest unit (~15 min), so it
+# is handed out first, then the benchmark test; the other worker takes everything else meanwhile.
+_NOTEBOOK_CHAIN = ("02_", "03_", "04_", "05_")
+_FIRST_UNITS = ("tests/test_notebooks.py::smoke 02-05", "tests/test_benchmark.py", "tests/test_notebooks.py::01")
+
+
+def _work_unit(nodeid: str) -> str:
+    module, _, test = nodeid.partition("::")
+    if not module.endswith("test_notebooks.py"):
+        return module
+    if test.startswith("test_notebook_runs_in_smoke_mode[") and test.split("[")[1].startswith(_NOTEBOOK_CHAIN):
+        return f"{module}::smoke 02-05"
+    if "01_data_prep" in test or test.startswith("test_data_notebook"):
+        return f"{module}::01"
+    return nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Schedule by :func:`_work_unit`, in collection order (see pytest_collection_modifyitems)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class CourseScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the order below, not largest-unit-first by test count
+    return CourseScheduling(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
