@@ -64,10 +64,11 @@ ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE, ACT_PER_KV = 20, 8, 4
 # input instead of an fp32 copy (20·h -> 16·h) and SwiGLU does not keep silu(gate) (8·i -> 6·i).
 # Measured at SmolLM2 batch 8 x 470: 2,636 -> 2,057 MiB saved by the 30 layers; formula 2,066 MiB.
 # Gemma's are not swapped (ModelShape.model_type): its MLP's forward is Llama's, but with GELU, so
-# it keeps the plain 8·i; its RMSNorm keeps the plain 20·h with a frozen weight (LoRA, QLoRA). Full
-# fine-tuning trains the norm's weight, and Gemma's (1 + weight), computed in fp32, then also keeps
-# the fp32 normalised output: 8·h bytes a norm where Llama's keeps 6·h, 24·h. Both counted with
-# saved_tensors_hooks on a bf16 Gemma (tests/test_memory.py).
+# it keeps the plain 8·i, as does any decoder whose activation is not SiLU (ModelShape.lean_mlp);
+# its RMSNorm keeps the plain 20·h with a frozen weight (LoRA, QLoRA). Full fine-tuning trains the
+# norm's weight, and Gemma's (1 + weight), computed in fp32, then also keeps the fp32 normalised
+# output: 8·h bytes a norm where Llama's keeps 6·h, 24·h. Counted with saved_tensors_hooks on a
+# bf16 Gemma and on a Llama running GELU (tests/test_memory.py).
 GEMMA_FULL_ACT_PER_HIDDEN = 24
 LEAN_ACT_PER_HIDDEN, LEAN_ACT_PER_INTERMEDIATE = 16, 6
 DROPOUT_MASK_BYTES = 1  # per element of every adapted layer's input, beside its dropped-out copy (bool mask)
@@ -181,11 +182,12 @@ def estimate_memory(shape: ModelShape, method: Method, batch_size: int = 1, seq_
     # One decoder layer's saved activations (see ACT_* above), scaled from 16-bit.
     if inference or shape.architecture != "llama":
         per_hidden, per_intermediate = ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE
-    elif shape.model_type == "gemma":
-        per_hidden = GEMMA_FULL_ACT_PER_HIDDEN if method == "full" else ACT_PER_HIDDEN
-        per_intermediate = ACT_PER_INTERMEDIATE
     else:
-        per_hidden, per_intermediate = LEAN_ACT_PER_HIDDEN, LEAN_ACT_PER_INTERMEDIATE
+        if shape.model_type == "gemma":
+            per_hidden = GEMMA_FULL_ACT_PER_HIDDEN if method == "full" else ACT_PER_HIDDEN
+        else:
+            per_hidden = LEAN_ACT_PER_HIDDEN
+        per_intermediate = LEAN_ACT_PER_INTERMEDIATE if shape.lean_mlp else ACT_PER_INTERMEDIATE
     widths = per_hidden * shape.hidden_size + per_intermediate * shape.intermediate_size + ACT_PER_KV * shape.kv_dim
     per_layer = s * b * widths * activation_dtype_bytes // 2
     if attention == "eager":

@@ -38,10 +38,17 @@ class ModelShape:
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
     architecture: str = "llama"  # "llama" (decoder, SwiGLU) or "bert" (encoder): which Linears exist
     name: str = ""
-    # The config's model_type. tunebook.activations swaps in leaner RMSNorm and SwiGLU modules where
-    # a model's are exactly Llama's (Mistral's and Qwen2's are); Gemma's keep what they always keep:
-    # its RMSNorm is other code, and its MLP, Llama's forward, runs GELU instead of SiLU.
+    # The config's model_type and MLP activation. tunebook.activations swaps in leaner RMSNorm and
+    # SwiGLU modules where a model's are exactly Llama's (Mistral's and Qwen2's are): the RMSNorm by
+    # its code (Gemma's is other code), the MLP by its code *and* a SiLU activation (Gemma's MLP is
+    # Llama's forward running GELU, and a Llama config may name another activation too).
     model_type: str = "llama"
+    hidden_act: str = "silu"
+
+    @property
+    def lean_mlp(self) -> bool:
+        """Whether tunebook.activations' SwiGLU replaces this decoder's MLP (it needs SiLU)."""
+        return self.architecture == "llama" and self.hidden_act in SILU_ACTIVATIONS
 
     @property
     def kv_dim(self) -> int:
@@ -80,12 +87,13 @@ class ModelShape:
 
 
 def _llama_shape(name: str, h: int, layers: int, i: int, heads: int, kv: int, vocab: int, tied: bool,
-                 head_dim: int | None = None, extra_per_layer: int = 0, model_type: str = "llama") -> ModelShape:
+                 head_dim: int | None = None, extra_per_layer: int = 0, model_type: str = "llama",
+                 hidden_act: str = "silu") -> ModelShape:
     shape = ModelShape(0, h, layers, i, heads, kv, vocab, tied, head_dim, "llama", name)
     # Embeddings (+ an untied lm_head), two RMSNorm weights per layer and the final norm.
     embeddings = vocab * h * (1 if tied else 2)
     count = shape.quantizable_parameters + embeddings + layers * (2 * h + extra_per_layer) + h
-    return ModelShape(count, h, layers, i, heads, kv, vocab, tied, head_dim, "llama", name, model_type)
+    return ModelShape(count, h, layers, i, heads, kv, vocab, tied, head_dim, "llama", name, model_type, hidden_act)
 
 
 # Published configs (config.json on the Hub). The counts they give are the published ones:
@@ -97,6 +105,8 @@ PRESET_SHAPES: dict[str, ModelShape] = {
     "13b": _llama_shape("Llama-2-13B", 5120, 40, 13824, 40, 40, 32000, tied=False),
     "70b": _llama_shape("Llama-3.1-70B", 8192, 80, 28672, 64, 8, 128256, tied=False),
 }
+# The names under which transformers' ACT2FN gives SiLU (SiLUActivation, nn.SiLU).
+SILU_ACTIVATIONS = ("silu", "swish")
 _DECODERS = {"llama", "mistral", "qwen2", "gemma"}  # parameter counts checked exact for these
 _ENCODERS = {"bert", "roberta"}
 
@@ -122,7 +132,7 @@ def shape_from_config(config: PretrainedConfig) -> ModelShape:
         bias += (2 * i + h) if getattr(config, "mlp_bias", False) else 0
         return _llama_shape(name, h, L, i, a, kv, config.vocab_size, bool(config.tie_word_embeddings),
                             head_dim if head_dim != h // a else None, extra_per_layer=bias,
-                            model_type=kind)
+                            model_type=kind, hidden_act=config.hidden_act)
     # An encoder (_ENCODERS).
     emb = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size + 2) * h
     per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h  # attn, MLP, 2 LayerNorms
