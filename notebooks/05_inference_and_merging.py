@@ -274,7 +274,7 @@ from tunebook.export import compare_logits, compare_weights, load_gguf_model
 from tunebook.formatting import encode_prompt
 
 prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-# (model, tokenizer) per file; the tests' smoke run reads back q8_0 only (each read takes ~40 s on a CPU)
+# (model, tokenizer) per file; the tests' smoke run reads back q8_0 only (each read takes ~40 s on a 2-core CPU)
 exported = {quant: load_gguf_model(path) for quant, path in files.items() if not SMOKE or quant == "q8_0"}
 rows = {}
 for quant, (gguf_model, gguf_tokenizer) in exported.items():

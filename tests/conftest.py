@@ -36,23 +36,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-# `make test` runs the suite in two processes (pytest-xdist, `-n 2`): each worker gets its share of
-# the cores, and so do the subprocesses its tests start (they inherit OMP_NUM_THREADS). Two workers
-# on a 2-core CPU at one thread each beat one worker at two: most tests are single-threaded Python.
+# `make test` runs the suite in two processes (pytest-xdist, `-n 2`): unless OMP_NUM_THREADS is
+# set, each worker's torch gets its share of the cores, as do subprocesses that do not set their own
+# (they inherit OMP_NUM_THREADS; notebook kernels and some subprocesses run at one thread). Two
+# workers on a 2-core CPU at one thread each beat one worker at two: most tests are small.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKERS > 1:
-    _share = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
-    torch.set_num_threads(_share)
-    os.environ["OMP_NUM_THREADS"] = str(_share)
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, _cores // _WORKERS))
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 _DEFAULT_THREADS = torch.get_num_threads()
 
 # Work units for pytest-xdist: a test module runs on one worker (its module-scoped fixtures are built
 # once), except the notebooks. Notebooks 02-05 share the smoke adapters under runs/smoke/ (04 and 05
 # reuse 02's and 03's), so they run in order on one worker; 01's two runs write the same folders;
-# every other notebook test is independent. The 02-05 chain is the longest unit (~15 min), so it
-# is handed out first, then the benchmark test; the other worker takes everything else meanwhile.
+# every other notebook test is independent. The 02-05 chain is the longest unit (~15 min on a 2-core
+# CPU), so it is handed out first, then the benchmark test, and its worker takes nothing else until
+# the chain is done: the other workers take everything else meanwhile.
 _NOTEBOOK_CHAIN = ("02_", "03_", "04_", "05_")
-_FIRST_UNITS = ("tests/test_notebooks.py::smoke 02-05", "tests/test_benchmark.py", "tests/test_notebooks.py::01")
+_CHAIN_UNIT = "tests/test_notebooks.py::smoke 02-05"
+_FIRST_UNITS = (_CHAIN_UNIT, "tests/test_benchmark.py", "tests/test_notebooks.py::01")
 
 
 def _work_unit(nodeid: str) -> str:
@@ -60,7 +63,7 @@ def _work_unit(nodeid: str) -> str:
     if not module.endswith("test_notebooks.py"):
         return module
     if test.startswith("test_notebook_runs_in_smoke_mode[") and test.split("[")[1].startswith(_NOTEBOOK_CHAIN):
-        return f"{module}::smoke 02-05"
+        return _CHAIN_UNIT
     if "01_data_prep" in test or test.startswith("test_data_notebook"):
         return f"{module}::01"
     return nodeid
@@ -68,12 +71,23 @@ def _work_unit(nodeid: str) -> str:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Schedule by :func:`_work_unit`, in collection order (see pytest_collection_modifyitems)."""
+    """Under `-n N` (xdist's default `--dist load`), schedule by :func:`_work_unit` in collection
+    order (see pytest_collection_modifyitems); another `--dist` keeps xdist's own scheduler."""
+    if config.getvalue("dist") != "load":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class CourseScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return _work_unit(nodeid)
+
+        def _reschedule(self, node) -> None:
+            # xdist queues the next unit on a worker with <= 2 tests pending; behind the chain's
+            # last notebooks it would wait minutes while the other worker runs dry.
+            chain = self.assigned_work.get(node, {}).get(_CHAIN_UNIT)
+            if chain is not None and not all(chain.values()) and self.workqueue:
+                return
+            super()._reschedule(node)
 
     config.option.loadscopereorder = False  # keep the order below, not largest-unit-first by test count
     return CourseScheduling(config, log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,28 @@ def test_save_run_reports_input_tokens_when_nothing_is_token_trained(tmp_path: P
     train.save_run(StandInTrainer(), tokenizer, config, metrics)
     assert (f"adapter saved to {tmp_path / 'run' / 'adapter'}; 321 input tokens/s, peak memory 100 MB, final train "
             "loss 1.2346") in capsys.readouterr().out
+
+
+def test_atomic_directory_keeps_the_copy_of_a_process_that_won_the_race(tmp_path: Path, monkeypatch) -> None:
+    """replace=False (the model cache): another process may create `target` after the exists()
+    check and before the rename; the rename then fails and that process's complete copy stays."""
+    from tunebook import files
+
+    target = tmp_path / "cache" / "model"
+    real_replace = os.replace
+
+    def other_process_finishes_first(src, dst):
+        Path(dst).mkdir(parents=True)
+        (Path(dst) / "weights").write_text("theirs")
+        real_replace(src, dst)  # what os.replace does to a non-empty folder: OSError
+
+    monkeypatch.setattr(files.os, "replace", other_process_finishes_first)
+    with files.atomic_directory(target, replace=False) as staging:
+        (staging / "weights").write_text("ours")
+    assert (target / "weights").read_text() == "theirs"
+    assert [p.name for p in target.parent.iterdir()] == ["model"]  # no staging folder left behind
+    # replace=True (a run's saves) puts the new copy in place of the existing one.
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    with files.atomic_directory(target) as staging:
+        (staging / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new"

@@ -36,7 +36,12 @@ def atomic_directory(target: str | Path, replace: bool = True) -> Iterator[Path]
                 return
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if replace or not target.exists():
+                raise
+            # replace=False and another process made `target` between the check and the rename: keep its copy
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

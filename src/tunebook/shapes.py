@@ -137,7 +137,7 @@ def shape_from_config(config: PretrainedConfig) -> ModelShape:
     emb = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size + 2) * h
     per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h  # attn, MLP, 2 LayerNorms
     count = emb + L * per_layer + h * h + h  # + pooler
-    return ModelShape(count, h, L, i, a, a, config.vocab_size, True, None, "bert", name, kind)
+    return ModelShape(count, h, L, i, a, a, config.vocab_size, True, None, "bert", name, kind, config.hidden_act)
 
 
 _COUNT = re.compile(r"^(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmbt]?)$")
